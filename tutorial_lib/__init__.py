@@ -1,0 +1,19 @@
+"""Helpers for the transfer-learning tutorial notebooks.
+
+Import it once at the top of a notebook: ``import tutorial_lib as tl``, then use
+``tl.data``, ``tl.models``, ``tl.env``, ``tl.report`` and ``tl.plots``. Submodules
+load on first use, so importing the package is cheap and has no side effects.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["cli", "data", "env", "models", "plots", "report", "runner"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'tutorial_lib' has no attribute {name!r}")

@@ -1,0 +1,755 @@
+"""Datasets: the embedded sets, a registry of larger public ones, and your own folders.
+
+Introduced in ``00_setup``. Three ways in, one result:
+
+- ``load_dataset("retinamnist")`` / ``load_dataset("clothing")``: the real data shipped
+  in the project's ``data/`` folder, checked against ``data/MANIFEST.sha256``.
+- ``fetch("retinamnist_224")``: a larger public version, downloaded once with
+  its checksum into a user cache (``TUTORIAL_LIB_CACHE`` overrides where).
+- ``load_dataset("/my/photos")``: your own class-subfolder tree or CSV manifest.
+
+Each classification set comes back as a :class:`ClassificationData` with
+``train``, ``val`` and ``test`` :class:`ImageSplit` objects; the fashion catalogue
+(image + several tag columns) as a :class:`TagData`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+SPLIT_FOLDER_NAMES = {"train": ("train",), "val": ("validation", "val", "valid"), "test": ("test",)}
+IMAGE_COLUMN_NAMES = ("image", "path", "filepath", "file", "filename", "image_path")
+FASHION_FIELDS = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as it is; the message says which input and what to do."""
+
+
+class DataUnavailableError(DataError):
+    """A registered file is not on this machine and could not be downloaded."""
+
+
+class ChecksumError(DataError):
+    """A file's checksum does not match the registry or the manifest; the file is refused."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def embedded_data_dir() -> Path:
+    """The folder with the embedded datasets (``TUTORIAL_LIB_DATA_DIR`` overrides it)."""
+    return Path(os.environ.get("TUTORIAL_LIB_DATA_DIR", PROJECT_ROOT / "data"))
+
+
+def cache_dir() -> Path:
+    """Where downloads go: ``TUTORIAL_LIB_CACHE`` or the user cache, never the notebook folder."""
+    import pooch
+
+    return Path(os.environ.get("TUTORIAL_LIB_CACHE") or pooch.os_cache("tutorial_lib"))
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One downloadable file: where it lives and the hash it must have (``"md5:..."``/``"sha256:..."``)."""
+
+    name: str
+    url: str
+    known_hash: str
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """An entry in the dataset registry."""
+
+    name: str
+    kind: str  # "embedded", "download" or "manual"
+    task: str  # "dr", "clothing", "tagging" or "other"
+    description: str
+    licence: str
+    citation: str
+    files: tuple[RemoteFile, ...] = ()
+    manual_steps: str = ""
+
+
+_MEDMNIST = "https://zenodo.org/records/10519652/files/"
+_MEDMNIST_CITE = ("Yang et al., 'MedMNIST v2', Scientific Data 2023; DeepDRiD, Liu et al. 2022. "
+                  "https://medmnist.com")
+_FASHION_MNIST = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+
+REGISTRY: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in [
+        DatasetInfo(
+            "retinamnist", "embedded", "dr",
+            "RetinaMNIST, 1,600 colour fundus photos at 28 px, DR grade 0-4 (official splits 1080/120/400).",
+            "CC BY 4.0", _MEDMNIST_CITE),
+        DatasetInfo(
+            "clothing", "embedded", "clothing",
+            "Clothing dataset (small), 10 garment types; official validation and test splits whole, "
+            "60% of the training split (stratified, seed 0).",
+            "CC0 1.0", "Alexey Grigorev, 'Clothing dataset (small)', https://github.com/alexeygrigorev/clothing-dataset-small"),
+        DatasetInfo(
+            "fashion", "embedded", "tagging",
+            "Fashion Product Images (Small) subset: 224 px catalogue photos with 7 attribute tags "
+            "(at most 95 images per article type, seed 0).",
+            "MIT (as declared by the source)",
+            "Param Aggarwal, 'Fashion Product Images (Small)', Kaggle "
+            "(https://www.kaggle.com/datasets/paramaggarwal/fashion-product-images-small)"),
+        *[
+            DatasetInfo(
+                f"retinamnist_{size}", "download", "dr",
+                f"RetinaMNIST+ at {size} px (MedMNIST+), same 1,600 images and splits as the embedded 28 px set.",
+                "CC BY 4.0", _MEDMNIST_CITE,
+                files=(RemoteFile(f"retinamnist_{size}.npz", f"{_MEDMNIST}retinamnist_{size}.npz?download=1",
+                                  f"md5:{md5}"),))
+            for size, md5 in [(64, "afda852cc34dcda56f86ad2b2457dbcc"), (128, "e48e916a24454daf90583d4e6efb1a18"),
+                              (224, "eae7e3b6f3fcbda4ae613ebdcbe35348")]
+        ],
+        DatasetInfo(
+            "fashion_mnist", "download", "other",
+            "Fashion-MNIST, 70,000 grey 28 px product images in 10 classes (official idx files).",
+            "MIT", "Xiao, Rasul and Vollgraf, 'Fashion-MNIST', arXiv:1708.07747",
+            files=tuple(RemoteFile(name, _FASHION_MNIST + name, f"md5:{md5}") for name, md5 in [
+                ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+                ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+                ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+                ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+            ])),
+        DatasetInfo(
+            "clothing_full", "manual", "clothing",
+            "Clothing dataset (full), about 5,000 photos in 20 classes, with images.csv.",
+            "CC0 1.0", "Alexey Grigorev, https://github.com/alexeygrigorev/clothing-dataset",
+            manual_steps=("git clone https://github.com/alexeygrigorev/clothing-dataset <cache>/clothing_full\n"
+                          "or: kaggle datasets download -d agrigorev/clothing-dataset-full -p <cache>/clothing_full --unzip\n"
+                          "then: load_dataset('<cache>/clothing_full/images.csv', image_column='image', label_column='label')")),
+        DatasetInfo(
+            "eyepacs", "manual", "dr",
+            "Kaggle Diabetic Retinopathy Detection (EyePACS), 35,126 training fundus photos, grades 0-4.",
+            "Kaggle competition rules (registration required)",
+            "https://www.kaggle.com/c/diabetic-retinopathy-detection",
+            manual_steps=("Accept the competition rules on Kaggle, put your API token in ~/.kaggle/kaggle.json, then:\n"
+                          "kaggle competitions download -c diabetic-retinopathy-detection -p <cache>/eyepacs\n"
+                          "Unpack train.zip.* and trainLabels.csv.zip; then load_dataset('<cache>/eyepacs/trainLabels.csv', "
+                          "image_column='image', label_column='level', image_suffix='.jpeg')")),
+        DatasetInfo(
+            "aptos2019", "manual", "dr",
+            "APTOS 2019 Blindness Detection, 3,662 labelled fundus photos, grades 0-4.",
+            "Kaggle competition rules (registration required)",
+            "https://www.kaggle.com/c/aptos2019-blindness-detection",
+            manual_steps=("Accept the competition rules on Kaggle, put your API token in ~/.kaggle/kaggle.json, then:\n"
+                          "kaggle competitions download -c aptos2019-blindness-detection -p <cache>/aptos2019 && unzip it;\n"
+                          "then load_dataset('<cache>/aptos2019/train.csv', image_column='id_code', "
+                          "label_column='diagnosis', image_suffix='.png', image_folder='train_images')")),
+        DatasetInfo(
+            "fashion_products_full", "manual", "tagging",
+            "Fashion Product Images (Small), the whole catalogue: 44,000 images with the same 7 tag columns.",
+            "MIT (as declared by the source)",
+            "https://www.kaggle.com/datasets/paramaggarwal/fashion-product-images-small",
+            manual_steps=("kaggle datasets download -d paramaggarwal/fashion-product-images-small -p <cache>/fashion_full --unzip\n"
+                          "then load_tag_dataset('<cache>/fashion_full')  (a folder with images/ and styles.csv)")),
+    ]
+}
+
+
+def list_datasets() -> pd.DataFrame:
+    """The registry as a table: name, kind, task, description, licence."""
+    rows = [{"name": i.name, "kind": i.kind, "task": i.task, "description": i.description, "licence": i.licence}
+            for i in REGISTRY.values()]
+    return pd.DataFrame(rows).set_index("name")
+
+
+def _hash_matches(path: Path, known_hash: str) -> bool:
+    import pooch
+
+    algorithm, _, expected = known_hash.partition(":")
+    return pooch.file_hash(str(path), alg=algorithm).lower() == expected.lower()
+
+
+def fetch(name: str, *, download: bool = True) -> list[Path]:
+    """Return local paths of a registered dataset's files, downloading them with checksums if needed.
+
+    A file already in the cache is used only if its checksum matches. Offline, a
+    missing file raises :class:`DataUnavailableError` at once with the file name,
+    its URL and where to put it by hand.
+    """
+    import pooch
+
+    info = _registry_entry(name)
+    target = cache_dir() / info.name
+    if info.kind == "embedded":
+        raise DataError(f"{name!r} is embedded in the project: use load_dataset({name!r}).")
+    if info.kind == "manual":
+        raise DataUnavailableError(
+            f"{name!r} cannot be downloaded automatically ({info.licence}).\n"
+            + info.manual_steps.replace("<cache>", str(cache_dir())))
+    paths = []
+    for remote in info.files:
+        local = target / remote.name
+        if local.exists():
+            if not _hash_matches(local, remote.known_hash):
+                raise ChecksumError(
+                    f"{local} does not match its registered checksum {remote.known_hash}; it was not used. "
+                    f"Delete it and download it again from {remote.url}")
+            paths.append(local)
+            continue
+        if not download:
+            raise DataUnavailableError(_missing_message(remote, local))
+        try:
+            paths.append(Path(pooch.retrieve(remote.url, known_hash=remote.known_hash, fname=remote.name,
+                                              path=target, progressbar=True)))
+        except ValueError as err:  # pooch: hash mismatch after download (the bad file is removed)
+            raise ChecksumError(f"Download of {remote.url} did not match {remote.known_hash}: {err}") from err
+        except Exception as err:  # network errors come in many types (requests, urllib, OSError)
+            raise DataUnavailableError(_missing_message(remote, local) + f"\n(download error: {err})") from err
+    return paths
+
+
+def _missing_message(remote: RemoteFile, local: Path) -> str:
+    return (f"{remote.name} is not on this machine and could not be downloaded.\n"
+            f"  URL:  {remote.url}\n"
+            f"  Fix:  download it on a machine with internet access and put it at {local}\n"
+            f"        (checksum {remote.known_hash}; set TUTORIAL_LIB_CACHE to use another cache folder).")
+
+
+def _registry_entry(name: str) -> DatasetInfo:
+    if name not in REGISTRY:
+        raise DataError(f"Unknown dataset {name!r}. Registered: {', '.join(REGISTRY)}; "
+                        "or pass the path of your own folder or CSV manifest.")
+    return REGISTRY[name]
+
+
+# --------------------------------------------------------------------------- manifest checks
+
+
+def _read_manifest(data_dir: Path) -> dict[str, str]:
+    manifest = data_dir / "MANIFEST.sha256"
+    if not manifest.exists():
+        raise DataUnavailableError(f"{manifest} is missing; the embedded data cannot be verified. "
+                                   "Restore it with `git checkout -- data/`.")
+    entries = {}
+    for line in manifest.read_text().splitlines():
+        if line.strip():
+            digest, rel = line.split(maxsplit=1)
+            entries[rel.strip()] = digest
+    return entries
+
+
+@lru_cache(maxsize=None)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_embedded(prefix: str, data_dir: Path | None = None) -> list[Path]:
+    """Check every manifest entry under ``prefix`` (e.g. ``"clothing/"``); return the verified files.
+
+    Missing or altered files are refused with a :class:`ChecksumError` that lists them.
+    """
+    data_dir = data_dir or embedded_data_dir()
+    entries = {rel: d for rel, d in _read_manifest(data_dir).items() if rel.startswith(prefix)}
+    if not entries:
+        raise DataUnavailableError(f"No files under {prefix!r} in {data_dir / 'MANIFEST.sha256'}.")
+    bad, good = [], []
+    for rel, expected in sorted(entries.items()):
+        path = data_dir / rel
+        if not path.exists():
+            bad.append(f"{rel} (missing)")
+            continue
+        stat = path.stat()
+        if _sha256(str(path), stat.st_size, stat.st_mtime_ns) != expected:
+            bad.append(f"{rel} (checksum mismatch)")
+        else:
+            good.append(path)
+    if bad:
+        shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise ChecksumError(f"{len(bad)} embedded file(s) failed verification and were refused:\n  {shown}\n"
+                            "Fix: restore them with `git checkout -- data/` (or re-clone the project).")
+    return good
+
+
+# --------------------------------------------------------------------------- images
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open any image file as an 8-bit RGB PIL image, upright (EXIF rotation applied).
+
+    Handles greyscale, palette, alpha (composited on white), CMYK and 16-bit images.
+    """
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode to 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(img, dtype=np.float64)
+        lo, hi = float(array.min()), float(array.max())
+        scaled = np.zeros_like(array) if hi <= lo else (array - lo) / (hi - lo) * 255.0
+        img = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def check_image_file(path: Path) -> str | None:
+    """Return why ``path`` is not a usable image, or ``None`` if it decodes."""
+    if path.stat().st_size == 0:
+        return "empty file"
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (64, 64))  # JPEG: decode at reduced size, still reads all the data
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"not a readable image ({type(err).__name__}: {err})"
+    return None
+
+
+# --------------------------------------------------------------------------- containers
+
+
+@dataclass
+class ImageSplit:
+    """One split of a classification set: images (file paths or a uint8 array) and integer labels."""
+
+    images: np.ndarray | list[Path]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, index: int) -> Image.Image:
+        """The ``index``-th image as an RGB PIL image."""
+        item = self.images[index]
+        if isinstance(item, (str, Path)):
+            return open_image(item)
+        return Image.fromarray(np.asarray(item, dtype=np.uint8)).convert("RGB")
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "ImageSplit":
+        """A new split holding only ``indices`` (e.g. a quick profile's smaller sample)."""
+        indices = np.asarray(indices, dtype=int)
+        if isinstance(self.images, np.ndarray):
+            images: np.ndarray | list[Path] = self.images[indices]
+        else:
+            images = [self.images[i] for i in indices]
+        return ImageSplit(images, self.labels[indices])
+
+
+@dataclass
+class ClassificationData:
+    """A classification dataset with train / val / test splits."""
+
+    name: str
+    classes: list[str]
+    train: ImageSplit
+    val: ImageSplit
+    test: ImageSplit
+    split_note: str = "official splits"
+    info: DatasetInfo | None = None
+
+    @property
+    def splits(self) -> dict[str, ImageSplit]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def class_counts(self) -> pd.DataFrame:
+        """Images per class (rows) and split (columns)."""
+        counts = {name: np.bincount(s.labels, minlength=len(self.classes)) for name, s in self.splits.items()}
+        return pd.DataFrame(counts, index=pd.Index(self.classes, name="class"))
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
+        return f"ClassificationData({self.name!r}, {len(self.classes)} classes, {sizes}; {self.split_note})"
+
+
+@dataclass
+class TagData:
+    """Images with several tag columns (one value per field), e.g. the fashion catalogue."""
+
+    name: str
+    table: pd.DataFrame  # column "path" plus one column per field
+    fields: list[str]
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> rows dropped
+    info: DatasetInfo | None = None
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def image(self, index: int) -> Image.Image:
+        return open_image(self.table["path"].iloc[index])
+
+    def __repr__(self) -> str:
+        return f"TagData({self.name!r}, {len(self)} images, fields={self.fields})"
+
+
+# --------------------------------------------------------------------------- loaders
+
+
+def load_dataset(source: str | Path, *, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                 check_images: bool = True, **csv_options) -> ClassificationData:
+    """Load a classification dataset by registry name, folder or CSV manifest.
+
+    - ``"retinamnist"``, ``"clothing"``: embedded, verified against the manifest.
+    - A folder: class subfolders, optionally inside ``train/``, ``validation/`` (or ``val/``)
+      and ``test/`` folders. Without split folders, a seeded stratified split is made.
+    - A ``.csv`` file: an image column and a label column (see :func:`load_csv_manifest`).
+    Unreadable files in your own data are skipped with one warning that lists them.
+    """
+    name = str(source)
+    if name in REGISTRY:
+        info = REGISTRY[name]
+        if info.kind != "embedded":
+            raise DataError(f"{name!r} is not embedded: call fetch({name!r}) first "
+                            "and load the files it returns (see the registry's manual_steps).")
+        if name == "retinamnist":
+            return load_retinamnist()
+        if name == "clothing":
+            verify_embedded("clothing/")
+            data = load_image_folder(embedded_data_dir() / "clothing", seed=seed, check_images=False)
+            data.name, data.info = name, info
+            return data
+        raise DataError(f"{name!r} is a tagging dataset: use load_tag_dataset({name!r}).")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"{path} does not exist. Pass a registered name ({', '.join(REGISTRY)}), "
+                        "a folder of class subfolders, or a CSV manifest.")
+    if path.is_dir():
+        return load_image_folder(path, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                                 check_images=check_images)
+    if path.suffix.lower() == ".csv":
+        return load_csv_manifest(path, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+                                 check_images=check_images, **csv_options)
+    raise DataError(f"{path} is neither a folder nor a .csv manifest.")
+
+
+def load_retinamnist(path: Path | None = None) -> ClassificationData:
+    """The embedded RetinaMNIST (or another MedMNIST-style ``.npz`` with the same keys)."""
+    if path is None:
+        path = verify_embedded("retinamnist/")[0]
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path} is not a readable .npz file ({err}); re-download it or restore it from git.") from err
+    splits = {}
+    for split in ("train", "val", "test"):
+        try:
+            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"].reshape(-1).astype(np.int64)
+        except KeyError as err:
+            raise DataError(f"{path} lacks the key {err.args[0]!r}; a MedMNIST file has "
+                            "train/val/test _images and _labels.") from err
+        if images.ndim == 3:  # greyscale MedMNIST sets
+            images = np.repeat(images[..., None], 3, axis=-1)
+        splits[split] = ImageSplit(images, labels)
+    classes = [f"grade {g}" for g in range(5)]
+    return ClassificationData("retinamnist", classes, splits["train"], splits["val"], splits["test"],
+                              info=REGISTRY["retinamnist"])
+
+
+def _is_hidden(name: str) -> bool:
+    """Hidden files and folders (``.DS_Store``, ``._x.jpg``, ``__MACOSX``) are ignored silently."""
+    return name.startswith(".") or name.startswith("__")
+
+
+def _scan_class_folders(root: Path) -> tuple[list[Path], list[str], list[tuple[Path, str]]]:
+    """Image files and their class names under ``root/<class>/``, plus the skipped files and why."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
+    if not class_dirs:
+        raise DataError(f"{root} has no class subfolders. Lay your images out as {root}/<class name>/<image>.")
+    files, labels, skipped = [], [], []
+    for class_dir in class_dirs:
+        found = 0
+        for path in sorted(class_dir.rglob("*")):
+            if not path.is_file() or any(_is_hidden(p) for p in path.relative_to(root).parts):
+                continue
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append((path, "not an image file extension"))
+                continue
+            files.append(path)
+            labels.append(class_dir.name)
+            found += 1
+        if found == 0:
+            raise DataError(f"Class folder {class_dir} holds no images. Add images or remove the folder.")
+    return files, labels, skipped
+
+
+def _drop_unreadable(files: list[Path], labels: list[str], skipped: list[tuple[Path, str]],
+                     check_images: bool) -> tuple[list[Path], list[str]]:
+    """Keep the files that decode; add the others to ``skipped``."""
+    if not check_images:
+        return files, labels
+    from tqdm.auto import tqdm
+
+    keep = []
+    for i, path in enumerate(tqdm(files, desc="checking images", disable=len(files) < 500, leave=False)):
+        problem = check_image_file(path)
+        if problem:
+            skipped.append((path, problem))
+        else:
+            keep.append(i)
+    return [files[i] for i in keep], [labels[i] for i in keep]
+
+
+def _warn_skipped(skipped: list[tuple[Path, str]]) -> None:
+    """One warning that lists every skipped file and why."""
+    if skipped:
+        listing = "\n  ".join(f"{p}: {why}" for p, why in skipped[:20])
+        more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        warnings.warn(f"Skipped {len(skipped)} file(s) that are not usable images:\n  {listing}{more}", stacklevel=3)
+
+
+def _find_split_folders(root: Path) -> dict[str, Path]:
+    found = {}
+    for split, names in SPLIT_FOLDER_NAMES.items():
+        for n in names:
+            if (root / n).is_dir():
+                found[split] = root / n
+                break
+    return found
+
+
+def load_image_folder(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                      check_images: bool = True) -> ClassificationData:
+    """Load a class-subfolder tree (see :func:`load_dataset`)."""
+    root = Path(root)
+    split_dirs = _find_split_folders(root)
+    skipped: list[tuple[Path, str]] = []
+    if "train" in split_dirs and "test" in split_dirs:
+        scanned: dict[str, tuple[list[Path], list[str]]] = {}
+        for split, folder in split_dirs.items():
+            files, labels, skip = _scan_class_folders(folder)
+            skipped += skip
+            scanned[split] = _drop_unreadable(files, labels, skipped, check_images)
+        _warn_skipped(skipped)
+        classes = sorted(set(scanned["train"][1]))
+        _check_classes(classes, {s: labels for s, (_, labels) in scanned.items()}, root)
+        index = {c: i for i, c in enumerate(classes)}
+        splits = {s: ImageSplit(files, np.array([index[c] for c in labels], dtype=np.int64))
+                  for s, (files, labels) in scanned.items()}
+        note = "folder splits"
+        if "val" not in splits:
+            train = splits["train"]
+            keep, held = _stratified_split(np.arange(len(train)), train.labels, val_fraction, seed)
+            splits["train"], splits["val"] = train.subset(keep), train.subset(held)
+            note = f"folder train/test; validation: seeded stratified {val_fraction:.0%} of train (seed {seed})"
+        return ClassificationData(root.name, classes, splits["train"], splits["val"], splits["test"], note)
+    files, labels, skipped = _scan_class_folders(root)
+    files, labels = _drop_unreadable(files, labels, skipped, check_images)
+    _warn_skipped(skipped)
+    return _split_seeded(root.name, files, labels, seed, val_fraction, test_fraction)
+
+
+def _check_classes(train_classes: list[str], labels_by_split: dict[str, list[str]], source: Path) -> None:
+    """At least two training classes, and no class outside train that train lacks."""
+    if len(train_classes) < 2:
+        raise DataError(f"{source}: the training split has {len(train_classes)} class(es) {train_classes}; "
+                        "a classifier needs at least 2.")
+    others = {c for split, labels in labels_by_split.items() if split != "train" for c in labels}
+    unknown = sorted(others - set(train_classes))
+    if unknown:
+        raise DataError(f"{source}: class(es) {unknown} appear in validation/test but not in train. "
+                        "Add training images for them or remove them from the other splits.")
+
+
+def _stratified_split(indices: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 else None
+    keep, held = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
+    return np.sort(keep), np.sort(held)
+
+
+def _split_seeded(name: str, files: list, labels: Sequence[str], seed: int, val_fraction: float,
+                  test_fraction: float) -> ClassificationData:
+    if not files:
+        raise DataError(f"{name}: no usable images were found.")
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise DataError(f"{name}: found only the class {classes}; a classifier needs at least 2 classes.")
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[c] for c in labels], dtype=np.int64)
+    small = [c for c, n in zip(classes, np.bincount(y)) if n < 3]
+    if small:
+        raise DataError(f"{name}: class(es) {small} have fewer than 3 images; a train/val/test split needs at "
+                        "least 3 per class. Add images or remove those classes.")
+    all_idx = np.arange(len(y))
+    rest, test = _stratified_split(all_idx, y, test_fraction, seed)
+    train, val = _stratified_split(rest, y[rest], val_fraction / (1 - test_fraction), seed)
+    splits = {s: ImageSplit([files[i] for i in idx], y[idx]) for s, idx in
+              [("train", train), ("val", val), ("test", test)]}
+    note = f"seeded stratified split {1 - val_fraction - test_fraction:.0%}/{val_fraction:.0%}/{test_fraction:.0%} (seed {seed})"
+    return ClassificationData(name, classes, splits["train"], splits["val"], splits["test"], note)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{path} could not be read as CSV ({err}).") from err
+    if table.empty:
+        raise DataError(f"{path} has no rows.")
+    table.columns = [c.strip() for c in table.columns]
+    return table
+
+
+def _resolve_image_column(table: pd.DataFrame, image_column: str | None, source: Path) -> str:
+    if image_column is not None:
+        if image_column not in table.columns:
+            raise DataError(f"{source} has no column {image_column!r}; its columns are {list(table.columns)}.")
+        return image_column
+    for candidate in IMAGE_COLUMN_NAMES:
+        if candidate in table.columns:
+            return candidate
+    raise DataError(f"{source} has no image column: name one of {IMAGE_COLUMN_NAMES} or pass image_column=...; "
+                    f"its columns are {list(table.columns)}.")
+
+
+def _image_paths(table: pd.DataFrame, column: str, base: Path, suffix: str) -> list[Path]:
+    paths = []
+    for value in table[column]:
+        p = Path(value + suffix if suffix and not value.endswith(suffix) else value)
+        paths.append(p if p.is_absolute() else base / p)
+    return paths
+
+
+def load_csv_manifest(path: str | Path, *, image_column: str | None = None, label_column: str = "label",
+                      split_column: str = "split", image_folder: str = "", image_suffix: str = "",
+                      classes: Sequence[str] | None = None, seed: int = 0, val_fraction: float = 0.1,
+                      test_fraction: float = 0.2, check_images: bool = True) -> ClassificationData:
+    """Load a CSV manifest with an image column and a label column.
+
+    Image paths are relative to the CSV's folder (plus ``image_folder``); ``image_suffix``
+    is appended to ids without one. A ``split`` column with train/val/test values is
+    honoured; otherwise a seeded stratified split is made. ``classes`` restricts labels to
+    a known list. Duplicate rows are dropped with a warning; a blank label, an unknown
+    label or a missing column is an error that names it.
+    """
+    path = Path(path)
+    table = _read_csv(path)
+    column = _resolve_image_column(table, image_column, path)
+    if label_column not in table.columns:
+        raise DataError(f"{path} has no label column {label_column!r}; pass label_column=... "
+                        f"(its columns are {list(table.columns)}).")
+    duplicates = int(table.duplicated().sum())
+    if duplicates:
+        warnings.warn(f"{path}: dropped {duplicates} duplicate row(s).", stacklevel=2)
+        table = table.drop_duplicates().reset_index(drop=True)
+    conflicting = table[table.duplicated(column, keep=False)]
+    if not conflicting.empty:
+        raise DataError(f"{path}: image(s) listed more than once with different labels, e.g. "
+                        f"{conflicting[column].iloc[0]!r}. Keep one row per image.")
+    blank = table.index[table[label_column].str.strip() == ""].tolist()
+    if blank:
+        raise DataError(f"{path}: blank {label_column!r} in data row(s) {[i + 1 for i in blank[:10]]}. "
+                        "Fill them in or delete those rows.")
+    labels = table[label_column].str.strip().tolist()
+    if classes is not None:
+        unknown = sorted(set(labels) - set(classes))
+        if unknown:
+            raise DataError(f"{path}: unknown label(s) {unknown}; expected one of {list(classes)}.")
+    base = path.parent / image_folder
+    files = _image_paths(table, column, base, image_suffix)
+    missing = [(f, "listed in the CSV but not found") for f in files if not f.exists()]
+    present = [i for i, f in enumerate(files) if f.exists()]
+    files, labels = [files[i] for i in present], [labels[i] for i in present]
+    split_values = table[split_column].str.strip().str.lower().tolist() if split_column in table.columns else None
+    if split_values is not None:
+        split_values = [split_values[i] for i in present]
+    if split_values is None:
+        files, labels = _drop_unreadable(files, labels, missing, check_images)
+        _warn_skipped(missing)
+        return _split_seeded(path.stem, files, labels, seed, val_fraction, test_fraction)
+    aliases = {name: split for split, names in SPLIT_FOLDER_NAMES.items() for name in names}
+    bad = sorted({s for s in split_values if s not in aliases})
+    if bad:
+        raise DataError(f"{path}: unknown value(s) {bad} in column {split_column!r}; use train, val or test.")
+    by_split: dict[str, tuple[list[Path], list[str]]] = {}
+    for split in ("train", "val", "test"):
+        rows = [i for i, s in enumerate(split_values) if aliases[s] == split]
+        by_split[split] = _drop_unreadable([files[i] for i in rows], [labels[i] for i in rows], missing, check_images)
+    _warn_skipped(missing)
+    known = sorted(set(by_split["train"][1]))
+    _check_classes(known, {s: labels for s, (_, labels) in by_split.items()}, path)
+    index = {c: i for i, c in enumerate(known)}
+    splits = {s: ImageSplit(f, np.array([index[c] for c in labels], dtype=np.int64))
+              for s, (f, labels) in by_split.items()}
+    return ClassificationData(path.stem, known, splits["train"], splits["val"], splits["test"], "CSV splits")
+
+
+def load_tag_dataset(source: str | Path = "fashion", *, fields: Sequence[str] | None = None,
+                     id_column: str = "id", image_suffix: str = ".jpg") -> TagData:
+    """Load images with tag columns: ``"fashion"`` (embedded) or a folder with ``images/`` and one CSV.
+
+    ``fields`` defaults to the catalogue's 7 attribute columns. Rows whose image is
+    missing are dropped with a warning and counted in ``TagData.dropped``; blank tags
+    are kept as empty strings for the tagging code to handle.
+    """
+    name = str(source)
+    info = None
+    if name == "fashion":
+        verify_embedded("fashion/")
+        folder, info = embedded_data_dir() / "fashion", REGISTRY["fashion"]
+    else:
+        folder = Path(source).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"{folder} is not a folder. A tag dataset is a folder with images/ and one CSV file.")
+    csvs = sorted(folder.glob("*.csv"))
+    if len(csvs) != 1:
+        raise DataError(f"{folder} must hold exactly one CSV file with an {id_column!r} column and tag columns; "
+                        f"found {[c.name for c in csvs]}.")
+    table = _read_csv(csvs[0])
+    fields = list(fields or FASHION_FIELDS)
+    missing_columns = [c for c in [id_column, *fields] if c not in table.columns]
+    if missing_columns:
+        raise DataError(f"{csvs[0]} lacks column(s) {missing_columns}; its columns are {list(table.columns)}.")
+    table["path"] = _image_paths(table, id_column, folder / "images", image_suffix)
+    exists = table["path"].map(lambda p: p.exists())
+    dropped = {}
+    if not exists.all():
+        lost = table.loc[~exists, id_column].tolist()
+        dropped["image missing"] = len(lost)
+        warnings.warn(f"{csvs[0]}: {len(lost)} row(s) have no image in {folder / 'images'} and were dropped "
+                      f"(ids {lost[:10]}{' ...' if len(lost) > 10 else ''}).", stacklevel=2)
+    table = table.loc[exists, ["path", id_column, *fields]].reset_index(drop=True)
+    for column in fields:
+        table[column] = table[column].str.strip()
+    return TagData(name if info else folder.name, table, fields, dropped, info)
+
+
+# --------------------------------------------------------------------------- torch
+
+
+class ImageDataset:
+    """A torch-style dataset over an :class:`ImageSplit`: ``(transform(image), label)`` pairs."""
+
+    def __init__(self, split: ImageSplit, transform: Callable[[Image.Image], object] | None = None) -> None:
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int):
+        image = self.split.image(index)
+        return (self.transform(image) if self.transform else image), int(self.split.labels[index])

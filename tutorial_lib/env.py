@@ -1,0 +1,97 @@
+"""Device choice, seeding and an environment report.
+
+Introduced in ``00_setup``. Nothing here runs on import: the device and the
+seed are chosen once, at the top of a notebook, and passed on explicitly.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+import warnings
+from importlib import metadata
+
+import numpy as np
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def get_device(preference: str = "auto") -> torch.device:
+    """Return the device to compute on.
+
+    ``"auto"`` picks CUDA, then Apple's MPS, then the CPU. Asking for a device
+    that is not there falls back to the CPU with a warning instead of failing
+    deep inside a training loop.
+    """
+    preference = str(preference).lower()
+    if preference.startswith("cuda") or preference == "auto":
+        if torch.cuda.is_available():
+            return torch.device(preference if preference.startswith("cuda") else "cuda")
+        if preference != "auto":
+            warnings.warn(f"DEVICE={preference!r} asked for, but no CUDA GPU is visible: using the CPU.", stacklevel=2)
+            return torch.device("cpu")
+    if preference in ("mps", "auto"):
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        if preference == "mps":
+            warnings.warn("DEVICE='mps' asked for, but MPS is not available: using the CPU.", stacklevel=2)
+        return torch.device("cpu")
+    if preference == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"Unknown device {preference!r}; use one of {', '.join(DEVICE_CHOICES)} (or 'cuda:N').")
+
+
+def seed_everything(seed: int) -> int:
+    """Seed Python, NumPy and PyTorch (CPU and all GPUs); return the seed."""
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    return seed
+
+
+def make_generator(seed: int) -> torch.Generator:
+    """A seeded ``torch.Generator`` for one DataLoader (its shuffling and its workers' seeds)."""
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    return generator
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` for DataLoaders: seed NumPy and ``random`` in each worker from torch's seed."""
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def default_num_workers(max_workers: int = 4) -> int:
+    """DataLoader workers that suit this machine: one core is left for the main process."""
+    return max(0, min(max_workers, (os.cpu_count() or 1) - 1))
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment_report(device: torch.device | None = None) -> dict[str, str]:
+    """Versions, device and threads: what to paste into a bug report."""
+    device = device or get_device("auto")
+    report = {
+        "python": sys.version.split()[0],
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpu cores": str(os.cpu_count()),
+        "torch threads": str(torch.get_num_threads()),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(device)
+    for package in ("torch", "torchvision", "timm", "scikit-learn", "scikit-image", "numpy", "pandas",
+                    "matplotlib", "papermill", "tutorial_lib"):
+        report[package] = _version(package)
+    return report

@@ -1,0 +1,165 @@
+"""Run the ordered notebooks with papermill: the batch path behind ``make demo``.
+
+Each notebook runs in its own worker process, so its wall time and the peak
+resident memory of its kernel can be measured and recorded in ``results.json``
+under ``runtime``. Parameters are checked against each notebook's tagged
+``parameters`` cell before anything runs.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .data import PROJECT_ROOT
+from .report import record_runtime, results_path
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+DEFAULT_OUTPUT_DIR = PROJECT_ROOT / "outputs" / "notebooks"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised an error; the message names the notebook and the failing cell."""
+
+
+@dataclass
+class NotebookRun:
+    """What one notebook run produced."""
+
+    notebook: str
+    output: Path
+    seconds: float
+    peak_rss_mb: float
+
+
+def discover_notebooks(select: Sequence[str] | None = None, folder: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The ordered notebooks (``NN_name.ipynb``), optionally only those whose name starts with one of ``select``."""
+    notebooks = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    if not select:
+        return notebooks
+    chosen = [p for p in notebooks if any(p.name.startswith(s) or p.stem == s for s in select)]
+    unknown = [s for s in select if not any(p.name.startswith(s) or p.stem == s for p in notebooks)]
+    if unknown:
+        raise ValueError(f"No notebook matches {unknown}; available: {[p.stem for p in notebooks]}.")
+    return chosen
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``-p NAME VALUE`` value: int, float, true/false, none, else the string itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def check_parameters(notebook: Path, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Keep the parameters this notebook declares; refuse values of the wrong type.
+
+    A parameter no selected notebook declares is refused by :func:`run_notebooks`.
+    """
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    if not declared:
+        raise ValueError(f"{notebook.name} has no cell tagged 'parameters'.")
+    accepted = {}
+    for name, value in parameters.items():
+        if name not in declared:
+            continue
+        default_text = declared[name].get("default")
+        try:
+            default = ast.literal_eval(default_text)
+        except (ValueError, SyntaxError):
+            default = None  # an expression: accept any value
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{notebook.name}: parameter {name} expects true/false, got {value!r}.")
+        elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{notebook.name}: parameter {name} expects a number (default {default_text}), "
+                             f"got {value!r}.")
+        elif isinstance(default, str) and not isinstance(value, str):
+            value = str(value)  # e.g. -p DATA_DIR 2024 is still a folder name
+        accepted[name] = value
+    return accepted
+
+
+def _worker(notebook: str, output: str, parameters_json: str, cwd: str) -> int:
+    """Execute one notebook; print a JSON line with the kernel's peak memory (or the error)."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    parameters = json.loads(parameters_json)
+    try:
+        papermill.execute_notebook(notebook, output, parameters=parameters or None, cwd=cwd,
+                                   progress_bar=False, log_output=False, kernel_name="python3")
+    except PapermillExecutionError as err:
+        import nbformat
+
+        cells = nbformat.read(output, as_version=4).cells  # papermill adds an error banner cell: match by count
+        failing = [c for c in cells if c.cell_type == "code" and c.get("execution_count") == err.exec_count]
+        source = failing[0].source.strip().splitlines() if failing else []
+        cell = f"cell [{err.exec_count}] `{source[0][:60] if source else ''}`"
+        print(json.dumps({"error": f"{err.ename}: {err.evalue}", "cell": cell}), flush=True)
+        return 1
+    # The kernel is a child of this process and has been reaped: its peak RSS is in RUSAGE_CHILDREN (KiB).
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"peak_rss_mb": peak_kib / 1024}), flush=True)
+    return 0
+
+
+def run_notebook(notebook: Path, output: Path, parameters: dict[str, Any] | None = None) -> NotebookRun:
+    """Run one notebook in a worker process; raise :class:`NotebookFailed` naming the failing cell."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tutorial_lib.runner", str(notebook), str(output),
+         json.dumps(parameters or {}), str(notebook.parent)],
+        capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    report = json.loads(lines[-1]) if lines else {}
+    if proc.returncode != 0:
+        where = report.get("cell", "start-up")
+        detail = report.get("error") or proc.stderr.strip()[-2000:]
+        raise NotebookFailed(f"{notebook.name} failed in {where}: {detail}\n"
+                             f"The partly executed notebook is {output}.")
+    return NotebookRun(notebook.stem, output, seconds, report["peak_rss_mb"])
+
+
+def run_notebooks(notebooks: Sequence[Path], *, output_dir: Path = DEFAULT_OUTPUT_DIR,
+                  parameters: dict[str, Any] | None = None, results: Path | None = None,
+                  echo=print) -> list[NotebookRun]:
+    """Run ``notebooks`` in order, recording each one's time and memory; stop at the first failure."""
+    parameters = dict(parameters or {})
+    if results is not None:
+        parameters["RESULTS_PATH"] = str(results)
+    checked = {nb: check_parameters(nb, parameters) for nb in notebooks}
+    unused = set(parameters) - {name for accepted in checked.values() for name in accepted}
+    if unused:
+        raise ValueError(f"Parameter(s) {sorted(unused)} are not declared by any selected notebook's "
+                         "parameters cell; check the spelling.")
+    runs = []
+    for i, notebook in enumerate(notebooks, 1):
+        echo(f"[{i}/{len(notebooks)}] {notebook.name} ...")
+        run = run_notebook(notebook, output_dir / notebook.name, checked[notebook])
+        record_runtime(run.notebook, run.seconds, run.peak_rss_mb, path=results_path(results))
+        echo(f"[{i}/{len(notebooks)}] {notebook.name}: {run.seconds:.1f} s, peak memory {run.peak_rss_mb:.0f} MB")
+        runs.append(run)
+    return runs
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(*sys.argv[1:5]))
