@@ -1,0 +1,63 @@
+"""Shared fixtures. No test may reach the network: connections other than loopback fail loudly."""
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tutorial_lib.data as tld
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "", None}
+_real_connect = socket.socket.connect
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _guarded_connect(sock, address):
+    if sock.family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in _LOCAL_HOSTS):
+        return _real_connect(sock, address)
+    raise RuntimeError(f"test tried to reach the network: {address}")
+
+
+def _guarded_getaddrinfo(host, *args, **kwargs):
+    if host in _LOCAL_HOSTS or (isinstance(host, str) and host.startswith("127.")):
+        return _real_getaddrinfo(host, *args, **kwargs)
+    raise RuntimeError(f"test tried to resolve a network host: {host}")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", _guarded_getaddrinfo)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def clothing():
+    return tld.load_dataset("clothing")
+
+
+@pytest.fixture()
+def photo_folder(tmp_path, clothing):
+    """A class-subfolder tree of real clothing photos: 3 classes x 10 images, no split folders."""
+    root = tmp_path / "my photos"
+    for c, name in enumerate(clothing.classes[:3]):
+        (root / name).mkdir(parents=True)
+        for path in np.asarray(clothing.train.images, dtype=object)[clothing.train.labels == c][:10]:
+            shutil.copy(path, root / name / Path(path).name)
+    return root
+
+
+def write_image(path: Path, mode: str = "RGB", size=(40, 30), **save_kwargs) -> Path:
+    """Write a small synthetic image in any PIL mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if mode == "I;16":
+        array = (np.arange(size[0] * size[1]).reshape(size[1], size[0]) * 50).astype(np.uint16)
+        Image.fromarray(array).save(path, **save_kwargs)
+    else:
+        Image.new(mode, size, color=(200, 30, 30, 128)[: len(mode)] if mode not in ("L", "1") else 128).save(
+            path, **save_kwargs)
+    return path

@@ -1,0 +1,59 @@
+"""The environment files agree with pyproject.toml, explain themselves, and Binder's files are valid."""
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PIN = re.compile(r"^\s*(?:-\s+)?([A-Za-z0-9_.\-]+)==([^\s#+]+)")
+
+
+def _pins(lines) -> dict[str, str]:
+    pins = {}
+    for line in lines:
+        match = PIN.match(line)
+        if match:
+            pins[match.group(1).lower()] = match.group(2)
+    return pins
+
+
+def _pyproject_pins() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return _pins(project["dependencies"] + project["optional-dependencies"]["dev"])
+
+
+def test_every_dependency_is_pinned_exactly():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        assert "==" in requirement, requirement
+    assert _pyproject_pins()["torch"] == "2.14.1" and _pyproject_pins()["torchvision"] == "0.29.1"
+
+
+def test_environment_yml_matches_and_explains_each_dependency():
+    lines = (ROOT / "environment.yml").read_text().splitlines()
+    assert _pins(lines) == _pyproject_pins()
+    for line in lines:
+        if PIN.match(line):
+            assert "#" in line and len(line.split("#", 1)[1].strip()) > 10, f"no comment on: {line}"
+
+
+def test_binder_matches_with_cpu_torch():
+    text = (ROOT / "binder" / "requirements.txt").read_text()
+    assert _pins(text.splitlines()) == _pyproject_pins()
+    assert "torch==2.14.1+cpu" in text and "/whl/cpu" in text
+    assert (ROOT / "binder" / "runtime.txt").read_text().strip() == "python-3.11"
+
+
+def test_binder_postbuild_is_valid_shell_and_installs_the_package():
+    post_build = ROOT / "binder" / "postBuild"
+    assert post_build.stat().st_mode & 0o111, "postBuild must be executable"
+    subprocess.run(["bash", "-n", str(post_build)], check=True)
+    assert "pip install" in post_build.read_text() and "-e ." in post_build.read_text()
+
+
+def test_lock_file_agrees_with_the_pins():
+    locked = _pins((ROOT / "requirements.lock").read_text().splitlines())
+    for name, version in _pyproject_pins().items():
+        assert locked.get(name) == version, f"{name}: pyproject {version}, lock {locked.get(name)}"
