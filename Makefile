@@ -1,0 +1,38 @@
+# The README's two commands: `make demo` (the main job) and `make test` (the test suite).
+# Both create .venv on first use and reuse it afterwards.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export PYTHONUNBUFFERED := 1
+# Nothing in the demo or the tests may reach a model hub.
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install demo test notebooks bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m tutorial_lib run
+
+test: install
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+
+# Re-execute the committed notebooks in place, top to bottom on a fresh kernel (their outputs are checked by nbval).
+notebooks: install
+	cd notebooks && for nb in [0-9][0-9]_*.ipynb; do \
+		../$(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.timeout=1800 \
+			--ExecutePreprocessor.store_widget_state=False "$$nb" || exit 1; \
+	done
+
+bench: install
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf outputs .pytest_cache
