@@ -83,3 +83,24 @@ def save_figure(fig: plt.Figure, name: str, folder: str | Path) -> Path:
     path = folder / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
+
+
+def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, title: str, normalize: bool = True,
+                     ax: plt.Axes | None = None) -> plt.Figure:
+    """Heat map of a confusion matrix (rows true, columns predicted), row-normalised by default."""
+    import seaborn as sns
+
+    matrix = np.asarray(matrix, dtype=float)
+    shown = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1) if normalize else matrix
+    if ax is None:
+        size = 0.45 * len(classes) + 2
+        fig, ax = plt.subplots(figsize=(size + 1, size))
+    else:
+        fig = ax.figure
+    sns.heatmap(shown, annot=matrix.astype(int), fmt="d", cmap="Blues", vmin=0, vmax=1 if normalize else None,
+                xticklabels=classes, yticklabels=classes, cbar=normalize, ax=ax, annot_kws={"fontsize": 8})
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,30 @@
+"""tutorial_lib.metrics against hand-computed values."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tutorial_lib.metrics as tlmet
+
+
+def test_quadratic_kappa_known_values():
+    assert tlmet.quadratic_weighted_kappa([0, 1, 2, 3], [0, 1, 2, 3]) == pytest.approx(1.0)
+    # off by one costs less than off by three
+    near = tlmet.quadratic_weighted_kappa([0, 1, 2, 3, 4], [1, 1, 2, 3, 4])
+    far = tlmet.quadratic_weighted_kappa([0, 1, 2, 3, 4], [4, 1, 2, 3, 4])
+    assert 0 < far < near < 1
+    # hand computation for y=[0,1], p=[1,1] with 2 classes: observed weight 1/2, expected 1/2 -> kappa 0
+    assert tlmet.quadratic_weighted_kappa([0, 1], [1, 1]) == pytest.approx(0.0)
+
+
+def test_classification_metrics():
+    m = tlmet.classification_metrics([0, 0, 0, 1], [0, 0, 1, 1], ordinal=True)
+    assert m["accuracy"] == 0.75
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    assert set(m) == {"accuracy", "balanced_accuracy", "macro_f1", "qwk"}
+    assert "qwk" not in tlmet.classification_metrics([0, 1], [0, 1])
+
+
+def test_confusion_keeps_unseen_classes():
+    matrix = tlmet.confusion([0, 1], [0, 0], n_classes=3)
+    assert matrix.shape == (3, 3) and matrix[1, 0] == 1 and matrix.sum() == 2
