@@ -1,0 +1,166 @@
+"""tutorial_lib.train: cutting networks, caching, the training loop, resuming, ordinal thresholds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import tutorial_lib.models as tlm
+import tutorial_lib.train as tlt
+from tutorial_lib.data import ImageSplit
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return tlm.load_backbone("efficientnet_lite0", num_classes=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_googlenet():
+    from torchvision.models import googlenet
+
+    torch.manual_seed(0)
+    model = googlenet(weights=None, aux_logits=False, init_weights=True, num_classes=3, transform_input=True)
+    return tlm.Backbone("googlenet", model, {}, 1024, list(tlm.GOOGLENET_STAGES), "fc", "random")
+
+
+@pytest.mark.parametrize("fixture,cut", [("lite0", "blocks.6"), ("lite0", "blocks.3"), ("tiny_googlenet", "inception5a"),
+                                         ("tiny_googlenet", "inception4e")])
+def test_trunk_then_top_equals_the_whole_network(request, fixture, cut):
+    backbone = request.getfixturevalue(fixture)
+    backbone.model.eval()
+    x = torch.randn(2, 3, 96, 96)
+    trunk, top = tlt.split_model(backbone, cut)
+    top.eval()
+    with torch.no_grad():
+        assert torch.allclose(top(trunk(x)), backbone.model(x), atol=1e-4)
+    assert not any(p.requires_grad for p in trunk.parameters())
+    assert all(p.requires_grad for p in top.parameters())
+    for p in backbone.model.parameters():  # leave the fixture as it was
+        p.requires_grad_(True)
+
+
+def test_unknown_cut_is_named(lite0):
+    with pytest.raises(ValueError, match="'blocks.99' is not a stage"):
+        tlt.split_model(lite0, "blocks.99")
+
+
+def test_top_stages(lite0):
+    assert tlt.top_stages(lite0, 1) == "conv_head" and tlt.top_stages(lite0, 2) == "blocks.6"
+    with pytest.raises(ValueError):
+        tlt.top_stages(lite0, 99)
+
+
+def test_cached_array_hits_and_misses(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.arange(4.0)
+
+    a = tlt.cached_array(tmp_path, {"k": 1}, compute)
+    b = tlt.cached_array(tmp_path, {"k": 1}, compute)
+    c = tlt.cached_array(tmp_path, {"k": 2}, compute)
+    assert np.array_equal(a, b) and np.array_equal(a, c) and len(calls) == 2
+    for entry in tmp_path.glob("*.npy"):  # damaged entries are recomputed, never trusted
+        entry.write_bytes(b"garbage")
+    assert np.array_equal(tlt.cached_array(tmp_path, {"k": 1}, compute), a) and len(calls) == 3
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_fingerprint_follows_the_data():
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    a = tlt.split_fingerprint(ImageSplit(images, np.array([0, 1, 0, 1])))
+    b = tlt.split_fingerprint(ImageSplit(images, np.array([0, 1, 1, 1])))
+    images2 = images.copy()
+    images2[0, 0, 0, 0] = 1
+    c = tlt.split_fingerprint(ImageSplit(images2, np.array([0, 1, 0, 1])))
+    assert len({a, b, c}) == 3
+
+
+def _toy_problem(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(120, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64) + (x[:, 2] > 1).astype(np.int64)
+    return TensorDataset(torch.from_numpy(x[:90]), torch.from_numpy(y[:90])), \
+        TensorDataset(torch.from_numpy(x[90:]), torch.from_numpy(y[90:]))
+
+
+def _toy_model():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(16, 3))
+
+
+def test_fit_learns_and_returns_a_history():
+    train, val = _toy_problem()
+    config = tlt.TrainConfig(epochs=15, batch_size=16, lr_head=1e-2, lr_backbone=1e-2, seed=0)
+    history = tlt.fit(_toy_model(), train, val, config, torch.device("cpu"), head_prefixes=["3"], n_classes=3,
+                      train_labels=train.tensors[1].numpy(), progress=False)
+    assert list(history["epoch"]) == list(range(1, 16))
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert history["val_accuracy"].max() > 0.7
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    train, val = _toy_problem()
+    config = tlt.TrainConfig(epochs=6, batch_size=16, lr_head=1e-2, lr_backbone=1e-3, seed=3)
+    kwargs = dict(head_prefixes=["3"], n_classes=3, train_labels=train.tensors[1].numpy(), progress=False)
+    straight = _toy_model()
+    h1 = tlt.fit(straight, train, val, config, torch.device("cpu"), **kwargs)
+    ckpt = tmp_path / "run.pt"
+    resumed = _toy_model()
+    tlt.fit(resumed, train, val, config, torch.device("cpu"), checkpoint=ckpt, stop_after_epoch=2, **kwargs)
+    assert tlt.load_checkpoint(ckpt)["epoch"] == 1  # epochs 1 and 2 done (0-based 1)
+    resumed = _toy_model()  # a fresh process would start from scratch weights, then load the checkpoint
+    h2 = tlt.fit(resumed, train, val, config, torch.device("cpu"), checkpoint=ckpt, **kwargs)
+    assert np.allclose(h1["train_loss"], h2["train_loss"]) and np.allclose(h1["val_accuracy"], h2["val_accuracy"])
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_discriminative_learning_rates():
+    model = _toy_model()
+    groups = tlt.param_groups(model, ["3"], lr_head=1e-2, lr_backbone=1e-4, weight_decay=0.1)
+    by_lr = {}
+    for g in groups:
+        by_lr.setdefault(g["lr"], 0)
+        by_lr[g["lr"]] += sum(p.numel() for p in g["params"])
+    assert by_lr == {1e-2: 16 * 3 + 3, 1e-4: 6 * 16 + 16}
+    assert all(g["weight_decay"] == 0 for g in groups if all(p.ndim == 1 for p in g["params"]))
+
+
+def test_warmup_then_cosine():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = tlt.warmup_cosine(opt, total_steps=10, warmup_steps=2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[2] == 1.0 and lrs[-1] < 0.05
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+def test_class_weights_balance_the_classes():
+    w = tlt.class_weights(np.array([0, 0, 0, 1]), 3)
+    assert w.tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])
+
+
+def test_thresholds_improve_kappa_on_a_shifted_score():
+    from tutorial_lib.metrics import quadratic_weighted_kappa
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 500)
+    scores = 0.6 * y + 0.3 + rng.normal(0, 0.3, 500)  # compressed and shifted: rounding is wrong
+    naive = quadratic_weighted_kappa(y, np.clip(np.rint(scores), 0, 4).astype(int))
+    thresholds = tlt.fit_thresholds(scores, y, 5)
+    tuned = quadratic_weighted_kappa(y, tlt.apply_thresholds(scores, thresholds))
+    assert tuned > naive + 0.05 and np.all(np.diff(thresholds) > 0)
+
+
+def test_profiles():
+    assert tlt.get_profile("auto", torch.device("cpu")).name == "default"
+    assert tlt.get_profile("full", torch.device("cpu")).amp is False
+    with pytest.raises(ValueError, match="Unknown PROFILE"):
+        tlt.get_profile("turbo", torch.device("cpu"))

@@ -1,0 +1,52 @@
+"""Grad-CAM: where in the image did the network look for its answer?
+
+Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
+Gradient-based Localization", ICCV 2017. The class score's gradient with respect to
+a convolutional layer's activations, averaged per channel, weights those channels;
+their positive sum is the heat map.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, int]:
+    """Heat map in [0, 1] at ``layer``'s resolution for one image ``x`` of shape ``(1, 3, H, W)``.
+
+    ``target`` is the class to explain (default: the predicted class). Returns the map
+    and the explained class.
+    """
+    activations: list[torch.Tensor] = []
+
+    def keep(_module, _inputs, output):
+        output.retain_grad()
+        activations.append(output)
+
+    handle = layer.register_forward_hook(keep)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)  # frozen layers still pass gradients back to `layer`
+            logits = model(x)  # (1, n_classes)
+            target = int(logits.argmax(1)) if target is None else int(target)
+            model.zero_grad(set_to_none=True)
+            logits[0, target].backward()
+        act = activations[-1]  # (1, C, h, w)
+        weights = act.grad.mean(dim=(2, 3), keepdim=True)  # (1, C, 1, 1)
+        cam = torch.relu((weights * act).sum(dim=1))[0].detach()  # (h, w)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    cam = cam / cam.max() if float(cam.max()) > 0 else cam
+    return cam.cpu().numpy(), target
+
+
+def last_conv_layer(model: nn.Module) -> nn.Module:
+    """The last 2-D convolution of a network: the usual Grad-CAM layer."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("The model has no Conv2d layer for Grad-CAM.")
+    return convs[-1]

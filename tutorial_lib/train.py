@@ -1,0 +1,614 @@
+"""Transfer-learning strategies and the training loop behind notebooks 03-05.
+
+Three strategies, the same functions for every backbone:
+
+- ``linear_probe``: the pretrained network is frozen; its pooled features are
+  extracted once (cached on disk) and a linear classifier is fitted on them.
+- ``finetune_top``: the last stages and a new head are trained, the rest frozen.
+  The frozen trunk's activations are computed once (for the image and its mirror
+  image) and re-used every epoch, so many epochs cost seconds on a CPU.
+- ``finetune_full``: everything is trained end to end on augmented images, with a
+  lower learning rate for the pretrained layers than for the head, warm-up then
+  cosine decay, and a class-balanced loss.
+
+Training returns a history table; plotting lives in :mod:`tutorial_lib.plots`.
+Checkpoints are written atomically each epoch, and a resumed run ends with the same
+weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+
+from .data import ImageDataset, ImageSplit
+from .env import make_generator, seed_everything, seed_worker
+from .models import Backbone
+
+# --------------------------------------------------------------------------- run profiles
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much work a run does. Chosen by the notebooks' ``PROFILE`` parameter."""
+
+    name: str
+    image_size: int  # input side in pixels fed to the backbone
+    top_epochs: int  # epochs of finetune_top on cached activations
+    full_epochs: int  # epochs of finetune_full end to end (0 skips it)
+    full_train_images: int | None  # cap on images per epoch for finetune_full (None: all)
+    batch_size: int
+    amp: bool  # mixed precision (CUDA only)
+    channels_last: bool
+    max_images: int | None = None  # cap on every split (quick smoke runs)
+
+
+PROFILES = {
+    # CI-size smoke run: every code path, tiny numbers.
+    "quick": Profile("quick", 96, 3, 1, 64, 32, amp=False, channels_last=False, max_images=120),
+    # A laptop CPU in a few minutes: cached-activation training does most of the work.
+    "default": Profile("default", 224, 30, 1, 384, 32, amp=False, channels_last=False),
+    # A GPU: end-to-end fine-tuning at 224 px with mixed precision and a large batch.
+    "full": Profile("full", 224, 30, 12, None, 128, amp=True, channels_last=True),
+}
+
+
+def get_profile(name: str, device: torch.device) -> Profile:
+    """Return the named profile; ``"auto"`` is ``"full"`` on a CUDA GPU, else ``"default"``."""
+    if name == "auto":
+        name = "full" if device.type == "cuda" else "default"
+    if name not in PROFILES:
+        raise ValueError(f"Unknown PROFILE {name!r}; use one of {', '.join(PROFILES)} or 'auto'.")
+    profile = PROFILES[name]
+    if device.type != "cuda" and profile.amp:
+        profile = replace(profile, amp=False)  # autocast to bfloat16 on CPU is slower, not faster
+    return profile
+
+
+def limit_split(split: ImageSplit, max_images: int | None, seed: int) -> ImageSplit:
+    """A stratified random sample of at most ``max_images`` images (the whole split if ``None``)."""
+    if max_images is None or len(split) <= max_images:
+        return split
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(split.labels)
+    stratify = split.labels if counts[counts > 0].min() >= 2 else None
+    keep, _ = train_test_split(np.arange(len(split)), train_size=max_images, random_state=seed, stratify=stratify)
+    return split.subset(np.sort(keep))
+
+
+# --------------------------------------------------------------------------- cutting a network in two
+
+
+class _GoogLeNetInput(nn.Module):
+    """GoogLeNet's ``transform_input`` step as a module (ImageNet-normalised input -> its own scaling)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = [model]  # a list, so the parameters are not registered twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model[0]._transform_input(x)
+
+
+_GOOGLENET_ORDER = ["conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
+                    "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4",
+                    "inception5a", "inception5b", "avgpool"]
+
+
+def layer_sequence(backbone: Backbone, head_dropout: float = 0.2) -> list[tuple[str, nn.Module]]:
+    """The network as an ordered list of ``(name, module)`` whose composition is its forward pass.
+
+    Stage containers (``blocks``) are opened up so any stage can be a cut point.
+    The list shares modules with ``backbone.model``: training one trains the other.
+    """
+    model = backbone.model
+    if backbone.name == "googlenet":
+        layers = [("transform_input", _GoogLeNetInput(model))]
+        layers += [(name, getattr(model, name)) for name in _GOOGLENET_ORDER]
+        return layers + [("flatten", nn.Flatten(1)), ("dropout", model.dropout), ("fc", model.fc)]
+    layers = []
+    for name, child in model.named_children():
+        if name == backbone.head:
+            layers.append(("head_dropout", nn.Dropout(head_dropout)))
+        if isinstance(child, nn.Sequential) and any(s.startswith(f"{name}.") for s in backbone.stages):
+            layers += [(f"{name}.{i}", block) for i, block in enumerate(child)]
+        else:
+            layers.append((name, child))
+    return layers
+
+
+def split_model(backbone: Backbone, first_trainable: str) -> tuple[nn.Sequential, nn.Sequential]:
+    """Cut the network before ``first_trainable``: a frozen trunk and a trainable top.
+
+    ``top(trunk(x))`` equals the whole network's output in eval mode.
+    """
+    layers = layer_sequence(backbone)
+    names = [name for name, _ in layers]
+    if first_trainable not in names:
+        raise ValueError(f"{first_trainable!r} is not a stage of {backbone.name}; stages: {backbone.stages}")
+    cut = names.index(first_trainable)
+    trunk = nn.Sequential(*[m for _, m in layers[:cut]])
+    top = nn.Sequential(*[m for _, m in layers[cut:]])
+    for p in trunk.parameters():
+        p.requires_grad_(False)
+    return trunk.eval(), top
+
+
+def top_stages(backbone: Backbone, n: int) -> str:
+    """The first of the last ``n`` stages: where ``finetune_top`` starts training."""
+    if not 1 <= n <= len(backbone.stages):
+        raise ValueError(f"n must be between 1 and {len(backbone.stages)} for {backbone.name}")
+    return backbone.stages[-n]
+
+
+# --------------------------------------------------------------------------- atomic files and caching
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a kill mid-write leaves the old file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def split_fingerprint(split: ImageSplit) -> str:
+    """A short hash that changes when the images or labels of a split change."""
+    digest = hashlib.sha256()
+    if isinstance(split.images, np.ndarray):
+        digest.update(np.ascontiguousarray(split.images).data)
+    else:
+        for path in split.images:
+            stat = Path(path).stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    digest.update(np.ascontiguousarray(split.labels).data)
+    return digest.hexdigest()[:16]
+
+
+def cached_array(cache_dir: Path | None, key: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """Return ``compute()``, stored under ``cache_dir`` by a hash of ``key`` and re-used next time."""
+    if cache_dir is None:
+        return compute()
+    name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    path = Path(cache_dir) / f"{name}.npy"
+    if path.exists():
+        try:
+            return np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            path.unlink(missing_ok=True)  # a damaged cache entry is recomputed, never trusted
+    array = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".npy")
+    os.close(fd)
+    try:
+        np.save(tmp, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return array
+
+
+# --------------------------------------------------------------------------- activations of a frozen trunk
+
+
+class _Flip:
+    """Mirror a PIL image left-right (a deterministic view for activation caching)."""
+
+    def __call__(self, image):
+        from PIL import ImageOps
+
+        return ImageOps.mirror(image)
+
+
+@torch.no_grad()
+def compute_activations(module: nn.Module, split: ImageSplit, transform: Callable, device: torch.device, *,
+                        batch_size: int = 64, num_workers: int = 0, desc: str = "activations",
+                        dtype: torch.dtype = torch.float32) -> np.ndarray:
+    """Run every image of ``split`` through ``module`` (in eval mode) and return the outputs as an array."""
+    from tqdm.auto import tqdm
+
+    module = module.to(device).eval()
+    loader = DataLoader(ImageDataset(split, transform), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers, worker_init_fn=seed_worker)
+    outputs = []
+    for x, _ in tqdm(loader, desc=desc, leave=False):
+        outputs.append(module(x.to(device)).to(dtype).cpu())
+    return torch.cat(outputs).numpy()
+
+
+def trunk_activations(backbone: Backbone, trunk: nn.Module, split: ImageSplit, transform: Callable,
+                      device: torch.device, *, cut: str, cache_dir: Path | None, mirror: bool = False,
+                      batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
+    """Cached activations of the frozen trunk (cut before ``cut``) for a split, optionally mirrored."""
+    from torchvision import transforms
+
+    pipeline = transforms.Compose([_Flip(), transform]) if mirror else transform
+    key = {"backbone": backbone.name, "weights": backbone.weights, "cut": cut, "transform": repr(transform),
+           "mirror": mirror, "data": split_fingerprint(split), "version": 1}
+    return cached_array(cache_dir, key, lambda: compute_activations(
+        trunk, split, pipeline, device, batch_size=batch_size, num_workers=num_workers,
+        desc=f"{backbone.name} up to {cut}{' (mirrored)' if mirror else ''}", dtype=torch.float16))
+
+
+def pooled_features(backbone: Backbone, split: ImageSplit, transform: Callable, device: torch.device, *,
+                    cache_dir: Path | None, batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
+    """Cached global-average-pooled features (the input of the classifier head): ``(N, num_features)``."""
+    layers = layer_sequence(backbone)
+    names = [n for n, _ in layers]
+    cut = "flatten" if backbone.name == "googlenet" else "head_dropout"
+    trunk = nn.Sequential(*[m for _, m in layers[:names.index(cut)]], nn.Flatten(1))
+    key = {"backbone": backbone.name, "weights": backbone.weights, "pooled": True, "transform": repr(transform),
+           "data": split_fingerprint(split), "version": 1}
+    return cached_array(cache_dir, key, lambda: compute_activations(
+        trunk, split, transform, device, batch_size=batch_size, num_workers=num_workers,
+        desc=f"{backbone.name} features"))
+
+
+# --------------------------------------------------------------------------- the training loop
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run."""
+
+    epochs: int
+    batch_size: int = 64
+    lr_head: float = 1e-3
+    lr_backbone: float = 1e-4  # pretrained layers learn slower than the new head
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    class_balanced: bool = True  # weight the loss by inverse class frequency
+    aux_weight: float = 0.3  # GoogLeNet's auxiliary classifiers, when present
+    samples_per_epoch: int | None = None  # a random subset per epoch (None: the whole training set)
+    num_workers: int = 0
+    amp: bool = False
+    channels_last: bool = False
+    seed: int = 0
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Inverse-frequency class weights, normalised to average 1 over the samples."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def param_groups(model: nn.Module, head_prefixes: Sequence[str], lr_head: float, lr_backbone: float,
+                 weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer groups: parameters under ``head_prefixes`` get ``lr_head``, the rest ``lr_backbone``.
+
+    Biases and normalisation weights get no weight decay.
+    """
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = any(name == p or name.startswith(f"{p}.") for p in head_prefixes)
+        decay = param.ndim > 1
+        groups.setdefault((is_head, decay), []).append(param)
+    return [{"params": params, "lr": lr_head if is_head else lr_backbone,
+             "weight_decay": weight_decay if decay else 0.0}
+            for (is_head, decay), params in groups.items()]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to each group's learning rate, then cosine decay to zero."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _logits(output: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Main logits and auxiliary logits (GoogLeNet in training mode returns a namedtuple)."""
+    if isinstance(output, torch.Tensor):
+        return output, []
+    aux = [t for t in (getattr(output, "aux_logits2", None), getattr(output, "aux_logits1", None)) if t is not None]
+    return output.logits, aux
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, data: Dataset, device: torch.device, *, batch_size: int = 128,
+                  num_workers: int = 0, amp: bool = False, channels_last: bool = False) -> np.ndarray:
+    """Class probabilities ``(N, n_classes)`` for a dataset of ``(x, y)`` pairs."""
+    model = model.to(device).eval()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        worker_init_fn=seed_worker)
+    probs = []
+    for x, _ in loader:
+        x = x.to(device)
+        if channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            logits, _ = _logits(model(x))
+        probs.append(logits.float().softmax(dim=-1).cpu())
+    return torch.cat(probs).numpy()
+
+
+def _rng_state() -> dict[str, Any]:
+    """The random state that training consumes (dropout, augmentation in the main process)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`fit` with ``weights_only=True``: loading runs no code from the file."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def dataset_labels(data: Dataset) -> np.ndarray:
+    """The integer labels of a dataset of ``(x, y)`` pairs, without decoding any image."""
+    if isinstance(data, ImageDataset):
+        return np.asarray(data.split.labels)
+    if isinstance(data, TensorDataset):
+        return data.tensors[1].numpy()
+    return np.array([int(data[i][1]) for i in range(len(data))])
+
+
+def fit(model: nn.Module, train_data: Dataset, val_data: Dataset, config: TrainConfig, device: torch.device, *,
+        head_prefixes: Sequence[str] = (), n_classes: int, train_labels: np.ndarray | None = None,
+        checkpoint: Path | None = None, score: Callable[[np.ndarray, np.ndarray], float] | None = None,
+        stop_after_epoch: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Train ``model`` and return its history (one row per epoch).
+
+    ``head_prefixes`` name the new layers (they get ``lr_head``; the rest ``lr_backbone``).
+    With ``checkpoint``, the state is saved atomically after every epoch and an existing
+    checkpoint is resumed from, so an interrupted run picks up where it stopped and ends
+    with the same weights. ``stop_after_epoch`` simulates an interruption (for tests).
+    The weights of the epoch with the best validation ``score`` (default: accuracy) are
+    loaded back at the end.
+    """
+    from tqdm.auto import tqdm
+
+    seed_everything(config.seed)
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(param_groups(model, head_prefixes, config.lr_head, config.lr_backbone,
+                                               config.weight_decay))
+    steps_per_epoch = math.ceil((config.samples_per_epoch or len(train_data)) / config.batch_size)
+    scheduler = warmup_cosine(optimizer, config.epochs * steps_per_epoch,
+                              int(config.warmup_epochs * steps_per_epoch))
+    weight = class_weights(train_labels, n_classes).to(device) if config.class_balanced and train_labels is not None else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+    score = score or (lambda y, p: float((y == p).mean()))
+    history: list[dict[str, Any]] = []
+    best = {"score": -math.inf, "state": None}
+    start_epoch = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(Path(checkpoint))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+        _set_rng_state(state["rng"])
+    val_labels = dataset_labels(val_data)
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        model.train()
+        generator = make_generator(config.seed * 10_000 + epoch)  # per epoch: a resumed run sees the same batches
+        sampler = RandomSampler(train_data, num_samples=config.samples_per_epoch, generator=generator)
+        loader = DataLoader(train_data, batch_size=config.batch_size, sampler=sampler,
+                            num_workers=config.num_workers, worker_init_fn=seed_worker, generator=generator,
+                            pin_memory=device.type == "cuda")
+        total, correct, loss_sum = 0, 0, 0.0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress)
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if config.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, config.amp):
+                logits, aux = _logits(model(x))
+                loss = loss_fn(logits.float(), y)
+                for a in aux:
+                    loss = loss + config.aux_weight * loss_fn(a.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
+        probs = predict_proba(model, val_data, device, batch_size=max(config.batch_size, 128),
+                              num_workers=config.num_workers, amp=config.amp, channels_last=config.channels_last)
+        val_pred = probs.argmax(1)
+        val_score = score(val_labels, val_pred)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / total, "train_accuracy": correct / total,
+               "val_accuracy": float((val_pred == val_labels).mean()), "val_score": val_score,
+               "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started}
+        history.append(row)
+        if val_score > best["score"]:
+            best = {"score": val_score, "epoch": epoch + 1,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        if progress:
+            print(f"epoch {epoch + 1:>2}/{config.epochs}  loss {row['train_loss']:.3f}  "
+                  f"train acc {row['train_accuracy']:.3f}  val acc {row['val_accuracy']:.3f}  "
+                  f"val score {val_score:.3f}  ({row['seconds']:.1f} s)")
+        if checkpoint is not None:
+            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "history": history, "best": best,
+                         "epoch": epoch, "rng": _rng_state(), "config": asdict(config)}, Path(checkpoint))
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    if best["state"] is not None and (stop_after_epoch is None or stop_after_epoch >= config.epochs):
+        model.load_state_dict(best["state"])
+    return pd.DataFrame(history)
+
+
+# --------------------------------------------------------------------------- the three strategies
+
+
+@dataclass
+class StrategyResult:
+    """What a strategy produced: class probabilities per split, the history, and the trained model."""
+
+    name: str
+    probs: dict[str, np.ndarray]  # split -> (N, n_classes)
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    model: Any = None
+    seconds: float = 0.0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_linear_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], *, seed: int = 0,
+                     c_grid: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0),
+                     score: Callable[[np.ndarray, np.ndarray], float] | None = None) -> StrategyResult:
+    """Logistic regression on frozen features; ``C`` chosen on the validation split.
+
+    Classes are weighted by inverse frequency; features are standardised. The final
+    model is refitted on train + validation with the chosen ``C``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    started = time.perf_counter()
+    score = score or (lambda y, p: float((y == p).mean()))
+
+    def make(c: float):
+        return make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=2000,
+                                                                  random_state=seed))
+
+    val_scores = {c: score(labels["val"], make(c).fit(features["train"], labels["train"]).predict(features["val"]))
+                  for c in c_grid}
+    best_c = max(val_scores, key=val_scores.get)
+    model = make(best_c).fit(np.concatenate([features["train"], features["val"]]),
+                             np.concatenate([labels["train"], labels["val"]]))
+    probs = {split: model.predict_proba(x) for split, x in features.items()}
+    return StrategyResult("linear_probe", probs, model=model, seconds=time.perf_counter() - started,
+                          notes={"C": best_c, "val_scores": val_scores, "refit_on": "train+val"})
+
+
+def finetune_top(backbone: Backbone, splits: dict[str, ImageSplit], transform: Callable, device: torch.device,
+                 config: TrainConfig, *, n_stages: int = 2, cache_dir: Path | None = None, mirror: bool = True,
+                 checkpoint: Path | None = None, score: Callable | None = None, progress: bool = True,
+                 n_classes: int) -> StrategyResult:
+    """Train the last ``n_stages`` stages and the head on cached activations of the frozen trunk.
+
+    With ``mirror``, the training set also holds every image's mirror image (a free
+    augmentation: two cached views). The trained layers are shared with
+    ``backbone.model``, so a later :func:`finetune_full` starts from them.
+    """
+    started = time.perf_counter()
+    cut = top_stages(backbone, n_stages)
+    trunk, top = split_model(backbone, cut)
+    acts = {split: trunk_activations(backbone, trunk, data, transform, device, cut=cut, cache_dir=cache_dir,
+                                     batch_size=config.batch_size, num_workers=config.num_workers)
+            for split, data in splits.items()}
+    train_x, train_y = acts["train"], splits["train"].labels
+    if mirror:
+        flipped = trunk_activations(backbone, trunk, splits["train"], transform, device, cut=cut,
+                                    cache_dir=cache_dir, mirror=True, batch_size=config.batch_size,
+                                    num_workers=config.num_workers)
+        train_x, train_y = np.concatenate([train_x, flipped]), np.concatenate([train_y, train_y])
+
+    def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+        return TensorDataset(torch.from_numpy(x).float(), torch.from_numpy(np.asarray(y, dtype=np.int64)))
+
+    head = str(len(top) - 1)  # the classifier is the top's last module
+    top_config = replace(config, num_workers=0, channels_last=False)
+    history = fit(top, tensors(train_x, train_y), tensors(acts["val"], splits["val"].labels), top_config, device,
+                  head_prefixes=[head], n_classes=n_classes, train_labels=train_y, checkpoint=checkpoint,
+                  score=score, progress=progress)
+    probs = {split: predict_proba(top, tensors(a, splits[split].labels), device) for split, a in acts.items()}
+    return StrategyResult("finetune_top", probs, history, model=top, seconds=time.perf_counter() - started,
+                          notes={"trained_from": cut, "activation_shape": list(acts["train"].shape[1:]),
+                                 "mirrored_views": mirror})
+
+
+def finetune_full(backbone: Backbone, splits: dict[str, ImageSplit], train_transform: Callable,
+                  eval_transform: Callable, device: torch.device, config: TrainConfig, *,
+                  checkpoint: Path | None = None, score: Callable | None = None, progress: bool = True,
+                  n_classes: int) -> StrategyResult:
+    """Fine-tune the whole network end to end on augmented images.
+
+    The head (and GoogLeNet's auxiliary heads) learn at ``lr_head``, the pretrained
+    layers at ``lr_backbone``. Run it after :func:`finetune_top` for staged unfreezing:
+    the head is then already trained when the backbone starts to move.
+    """
+    started = time.perf_counter()
+    model = backbone.model
+    for p in model.parameters():
+        p.requires_grad_(True)
+    heads = [backbone.head, *backbone.extra_heads]
+    train = ImageDataset(splits["train"], train_transform)
+    history = fit(model, train, ImageDataset(splits["val"], eval_transform), config, device, head_prefixes=heads,
+                  n_classes=n_classes, train_labels=splits["train"].labels, checkpoint=checkpoint, score=score,
+                  progress=progress)
+    probs = {split: predict_proba(model, ImageDataset(data, eval_transform), device,
+                                  batch_size=max(128, config.batch_size), num_workers=config.num_workers,
+                                  amp=config.amp, channels_last=config.channels_last)
+             for split, data in splits.items()}
+    return StrategyResult("finetune_full", probs, history, model=model, seconds=time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- ordinal decisions (DR grades)
+
+
+def expected_grade(probs: np.ndarray) -> np.ndarray:
+    """The mean grade under the predicted distribution: a continuous score that respects the order."""
+    return probs @ np.arange(probs.shape[1])
+
+
+def fit_thresholds(scores: np.ndarray, y: np.ndarray, n_classes: int, *, rounds: int = 3) -> np.ndarray:
+    """Cut points on a continuous grade score that maximise quadratic weighted kappa on ``(scores, y)``.
+
+    Coordinate search, starting from the midpoints 0.5, 1.5, ...; fit them on the
+    validation split, never on the test split.
+    """
+    from .metrics import quadratic_weighted_kappa
+
+    thresholds = np.arange(n_classes - 1) + 0.5
+    for _ in range(rounds):
+        for i in range(len(thresholds)):
+            lo = thresholds[i - 1] if i else scores.min() - 1e-6
+            hi = thresholds[i + 1] if i + 1 < len(thresholds) else scores.max() + 1e-6
+            candidates = np.linspace(lo, hi, 41)[1:-1]
+            kappas = [quadratic_weighted_kappa(y, np.digitize(scores, np.r_[thresholds[:i], c, thresholds[i + 1:]]))
+                      for c in candidates]
+            if candidates.size:
+                thresholds[i] = candidates[int(np.argmax(kappas))]
+    return thresholds
+
+
+def apply_thresholds(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Grades from scores and cut points."""
+    return np.digitize(scores, thresholds)
