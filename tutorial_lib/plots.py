@@ -104,3 +104,77 @@ def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, title: str, 
     ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------- preprocessing and features (01, 02)
+
+
+def disc_overlay(image: Image.Image | np.ndarray, disc, *, title: str = "", ax: plt.Axes | None = None) -> plt.Figure:
+    """An image with a found fundus disc drawn on it (``disc``: anything with ``x``, ``y``, ``radius``; or None)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(3.5, 3.5))
+    else:
+        fig = ax.figure
+    ax.imshow(image)
+    if disc is not None:
+        ax.add_patch(plt.Circle((disc.x, disc.y), disc.radius, fill=False, color="yellow", linewidth=1.5))
+        ax.plot([disc.x], [disc.y], "+", color="yellow", markersize=10)
+    ax.set_title(title or ("disc found" if disc is not None else "no disc found"), fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def feature_maps(image: Image.Image | np.ndarray, maps: dict[str, np.ndarray], *, suptitle: str | None = None,
+                 size: float = 2.4) -> plt.Figure:
+    """An image beside greyscale maps computed from it (e.g. a HOG drawing, LBP codes), each titled."""
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(size * (len(maps) + 1), size + (0.4 if suptitle else 0)),
+                             squeeze=False)
+    axes[0, 0].imshow(image)
+    axes[0, 0].set_title("input", fontsize=9)
+    for ax, (name, values) in zip(axes[0, 1:], maps.items()):
+        ax.imshow(values, cmap="gray")
+        ax.set_title(name, fontsize=9)
+    for ax in axes.flat:
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def score_bars(scores: pd.DataFrame, *, title: str, xlabel: str, reference: float | None = None,
+               reference_label: str = "") -> plt.Figure:
+    """Horizontal bars of ``scores["mean"]`` (with ``scores["std"]`` as error bars), one per row label."""
+    fig, ax = plt.subplots(figsize=(6.5, 0.4 * len(scores) + 1.3))
+    ax.barh(scores.index.astype(str)[::-1], scores["mean"].to_numpy()[::-1],
+            xerr=scores["std"].to_numpy()[::-1] if "std" in scores else None, color="tab:blue", capsize=3)
+    if reference is not None:
+        ax.axvline(reference, color="tab:red", linestyle="--", label=reference_label or None)
+        if reference_label:
+            ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def grid_search_heatmap(search, x: str, y: str, *, title: str) -> plt.Figure:
+    """Mean cross-validation score over two parameters of a fitted ``GridSearchCV``, others at their best value."""
+    import seaborn as sns
+
+    results = pd.DataFrame(search.cv_results_["params"])
+    results["score"] = search.cv_results_["mean_test_score"]
+    for name, best in search.best_params_.items():
+        if name not in (x, y):
+            results = results[results[name].map(lambda v, b=best: v == b)]
+    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    table = results.assign(**{x: results[x].map(fmt), y: results[y].map(fmt)}).pivot_table(
+        index=y, columns=x, values="score", sort=False)
+    fig, ax = plt.subplots(figsize=(0.9 * table.shape[1] + 2.5, 0.5 * table.shape[0] + 1.6))
+    sns.heatmap(table, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar_kws={"label": "mean CV score"})
+    ax.set_xlabel(x.split("__")[-1])
+    ax.set_ylabel(y.split("__")[-1])
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,634 @@
+"""Handcrafted image features and the SVM baseline built on them.
+
+Introduced in ``02_feature_svm_baseline``: the classical pipeline that the talk's fine-tuned
+CNNs are measured against, done as well as the tutorial can.
+
+- Descriptors, scikit-learn transformers from images (PIL, arrays or paths) to vectors:
+  :class:`HOG` (shape), :class:`LBPHistogram` (texture), :class:`ColourHistogram`
+  (colour) and :class:`FundusLesionStats` (bright and dark spots on a retina).
+- :class:`ImageFeatures` runs several descriptors in one pass per image, after the
+  preprocessing of :mod:`tutorial_lib.preprocess`, in parallel (joblib), and caches the
+  feature matrix on disk under a key made of the images' content, every parameter and the
+  library versions.
+- :func:`tune_svm`: ``Pipeline(StandardScaler, SVC)`` tuned by a stratified ``GridSearchCV``;
+  :func:`stack_features` for train + val and mirrored views; :func:`tempered_class_weight`.
+- The catalogue-tag baseline: :func:`catalogue_split` (shared with the tagging notebook),
+  :func:`fit_tag_svm` (an independent SVM per tag field) and :func:`tag_metrics`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.base import BaseEstimator, TransformerMixin
+
+FEATURES_VERSION = 1  # bump when a descriptor's output changes for the same parameters: old cache entries miss
+
+ImageLike = Any  # PIL image, (H, W[, C]) array or path
+
+
+# --------------------------------------------------------------------------- descriptors
+
+
+class ImageDescriptor(TransformerMixin, BaseEstimator):
+    """Base class: a stateless transformer from images to one fixed-length vector each.
+
+    ``fit`` learns nothing and returns ``self``; ``transform`` stacks :meth:`describe` over
+    the images (which must all have the same size for a fixed-length output).
+    """
+
+    def fit(self, X: Sequence[ImageLike], y: Any = None) -> "ImageDescriptor":
+        return self
+
+    def transform(self, X: Sequence[ImageLike]) -> np.ndarray:
+        return np.stack([self.describe(_as_array(image)) for image in X])
+
+    def describe(self, image: np.ndarray) -> np.ndarray:
+        """The feature vector of one ``(H, W, 3)`` uint8 RGB image."""
+        raise NotImplementedError
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        return tags
+
+
+def _as_array(image: ImageLike) -> np.ndarray:
+    from .preprocess import as_rgb
+
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
+        return image
+    return np.asarray(as_rgb(image))
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma as uint8, the input LBP is defined on."""
+    return (image @ np.array([0.299, 0.587, 0.114])).round().clip(0, 255).astype(np.uint8)
+
+
+def _grid_cells(shape: tuple[int, ...], grid: int) -> list[tuple[slice, slice]]:
+    rows = np.linspace(0, shape[0], grid + 1).round().astype(int)
+    cols = np.linspace(0, shape[1], grid + 1).round().astype(int)
+    return [(slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1])) for i in range(grid) for j in range(grid)]
+
+
+def _disc_mask(shape: tuple[int, ...], keep: float) -> np.ndarray:
+    h, w = shape[:2]
+    yy, xx = np.ogrid[:h, :w]
+    return (xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2 <= (keep * min(h, w) / 2) ** 2
+
+
+class HOG(ImageDescriptor):
+    """Histograms of oriented gradients (Dalal and Triggs 2005): local shape and outline.
+
+    Gradient orientations are counted in cells of ``pixels_per_cell`` px, normalised over
+    blocks of ``cells_per_block`` cells; at each pixel the colour channel with the strongest
+    gradient is used. The length grows with the image: about ``(size / pixels_per_cell)^2 x
+    cells_per_block^2 x orientations``.
+    """
+
+    def __init__(self, orientations: int = 9, pixels_per_cell: int = 8, cells_per_block: int = 2,
+                 block_norm: str = "L2-Hys", transform_sqrt: bool = False) -> None:
+        self.orientations = orientations
+        self.pixels_per_cell = pixels_per_cell
+        self.cells_per_block = cells_per_block
+        self.block_norm = block_norm
+        self.transform_sqrt = transform_sqrt
+
+    def describe(self, image: np.ndarray) -> np.ndarray:
+        from skimage.feature import hog
+
+        return hog(image, orientations=self.orientations, pixels_per_cell=(self.pixels_per_cell,) * 2,
+                   cells_per_block=(self.cells_per_block,) * 2, block_norm=self.block_norm,
+                   transform_sqrt=self.transform_sqrt, channel_axis=-1, feature_vector=True).astype(np.float32)
+
+
+class LBPHistogram(ImageDescriptor):
+    """Histograms of rotation-invariant uniform local binary patterns (Ojala et al. 2002): texture.
+
+    For each ``(points, radius)`` in ``scales`` each pixel's neighbourhood is coded as one of
+    ``points + 2`` patterns (flat, edge, corner, ... or non-uniform); the descriptor is the
+    normalised pattern histogram in each cell of a ``grid`` x ``grid`` layout, raised to
+    ``power`` (0.5, the Hellinger or square-root map, keeps the commonest patterns from
+    swamping the rare ones once the features are standardised).
+    """
+
+    def __init__(self, scales: Sequence[tuple[int, float]] = ((8, 1), (16, 2)), grid: int = 2,
+                 power: float = 0.5) -> None:
+        self.scales = scales
+        self.grid = grid
+        self.power = power
+
+    def describe(self, image: np.ndarray) -> np.ndarray:
+        from skimage.feature import local_binary_pattern
+
+        grey = _grey(image)
+        parts = []
+        for points, radius in self.scales:
+            codes = local_binary_pattern(grey, int(points), float(radius), method="uniform")
+            for rows, cols in _grid_cells(grey.shape, self.grid):
+                hist = np.bincount(codes[rows, cols].astype(np.int64).ravel(), minlength=int(points) + 2)
+                parts.append((hist / max(1, hist.sum())) ** self.power)
+        return np.concatenate(parts).astype(np.float32)
+
+
+class ColourHistogram(ImageDescriptor):
+    """A joint colour histogram (``space`` ``"hsv"``, ``"lab"`` or ``"rgb"``) with ``bins`` per channel.
+
+    Normalised to sum to 1 in each cell of a ``grid`` x ``grid`` layout, then raised to
+    ``power`` (0.5: the square-root or Hellinger map, so that one dominant colour, such as a
+    white background, does not drown the garment's). ``region="disc"`` counts only pixels
+    inside ``keep`` x the inscribed circle: on fundus photos the black surround and the ring
+    mask would otherwise dominate.
+    """
+
+    def __init__(self, space: str = "hsv", bins: Sequence[int] = (8, 4, 4), grid: int = 1, region: str = "all",
+                 keep: float = 0.9, power: float = 0.5) -> None:
+        self.space = space
+        self.bins = bins
+        self.grid = grid
+        self.region = region
+        self.keep = keep
+        self.power = power
+
+    def describe(self, image: np.ndarray) -> np.ndarray:
+        from skimage import color
+
+        rgb = image.astype(np.float64) / 255.0
+        if self.space == "hsv":
+            values, ranges = color.rgb2hsv(rgb), [(0, 1), (0, 1), (0, 1)]
+        elif self.space == "lab":
+            values, ranges = color.rgb2lab(rgb), [(0, 100), (-128, 128), (-128, 128)]
+        elif self.space == "rgb":
+            values, ranges = rgb, [(0, 1), (0, 1), (0, 1)]
+        else:
+            raise ValueError(f"space must be 'hsv', 'lab' or 'rgb', not {self.space!r}.")
+        if self.region not in ("all", "disc"):
+            raise ValueError(f"region must be 'all' or 'disc', not {self.region!r}.")
+        inside = _disc_mask(image.shape, self.keep) if self.region == "disc" else np.ones(image.shape[:2], bool)
+        parts = []
+        for rows, cols in _grid_cells(image.shape, self.grid):
+            pixels = values[rows, cols][inside[rows, cols]]
+            hist, _ = np.histogramdd(pixels, bins=list(self.bins), range=ranges)
+            parts.append((hist.ravel() / max(1, len(pixels))) ** self.power)
+        return np.concatenate(parts).astype(np.float32)
+
+
+class FundusLesionStats(ImageDescriptor):
+    """Bright and dark spots on a retina, and its colour by ring: a fundus-specific descriptor.
+
+    Diabetic retinopathy is graded by lesions: dark red micro-aneurysms and haemorrhages,
+    bright yellow exudates and cotton-wool spots. Their contrast is highest in the green
+    channel. The descriptor takes the green channel's local contrast (the image minus its
+    Gaussian blur with sigma ``sigma_fraction`` x the disc radius, as in Ben Graham's method)
+    inside ``keep`` x the disc, and returns its quantiles and the fraction of pixels darker or
+    brighter than ``thresholds`` (in grey levels); plus the mean L*a*b* colour in ``rings``
+    concentric rings (illumination, pigmentation, haze). Expects a disc-centred crop of the
+    *unnormalised* photo (the output of :class:`~tutorial_lib.preprocess.FundusCrop`).
+    """
+
+    def __init__(self, sigma_fraction: float = 1 / 30, thresholds: Sequence[float] = (4, 8, 16),
+                 quantiles: Sequence[float] = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99), rings: int = 3,
+                 keep: float = 0.9) -> None:
+        self.sigma_fraction = sigma_fraction
+        self.thresholds = thresholds
+        self.quantiles = quantiles
+        self.rings = rings
+        self.keep = keep
+
+    def describe(self, image: np.ndarray) -> np.ndarray:
+        from skimage import color
+        from skimage.filters import gaussian
+
+        h, w = image.shape[:2]
+        radius = min(h, w) / 2
+        inside = _disc_mask(image.shape, self.keep)
+        green = image[..., 1].astype(np.float64)
+        contrast = (green - gaussian(green, sigma=self.sigma_fraction * radius, preserve_range=True,
+                                     mode="nearest"))[inside]
+        thresholds = np.asarray(self.thresholds, dtype=np.float64)
+        parts = [np.quantile(contrast, self.quantiles), (contrast[:, None] < -thresholds).mean(axis=0),
+                 (contrast[:, None] > thresholds).mean(axis=0), [contrast.std()]]
+        lab = color.rgb2lab(image.astype(np.float64) / 255.0)
+        yy, xx = np.ogrid[:h, :w]
+        distance = np.sqrt((xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2) / (self.keep * radius)
+        edges = np.linspace(0, 1, self.rings + 1)
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            ring = (distance >= lo) & (distance < hi) if hi < 1 else (distance >= lo) & (distance <= 1)
+            parts.append(lab[ring].mean(axis=0) if ring.any() else np.zeros(3))
+        return np.concatenate([np.ravel(p) for p in parts]).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- batch extraction + cache
+
+
+class ImageFeatures(TransformerMixin, BaseEstimator):
+    """Preprocess each image once, run every descriptor on it, concatenate: one row per image.
+
+    ``descriptors`` is a list of ``(name, descriptor)`` pairs; ``preprocess`` a callable (or a
+    sequence of callables applied in order) from :mod:`tutorial_lib.preprocess`, then the
+    image is resized to ``size`` x ``size`` if it is not already. Images run in chunks on
+    ``n_jobs`` processes. With ``cache_dir`` set, the matrix is stored as ``.npy`` under a key
+    made of the images' content, every parameter here (``n_jobs`` and ``cache_dir`` excepted)
+    and the library versions: the same request is read back, any change recomputes.
+    ``transform`` accepts a :class:`~tutorial_lib.data.ImageSplit`, a ``(N, H, W, C)`` array
+    or a list of PIL images or paths.
+    """
+
+    def __init__(self, descriptors: Sequence[tuple[str, ImageDescriptor]], preprocess: Any = None,
+                 size: int | None = 96, n_jobs: int = 1, cache_dir: str | Path | None = None,
+                 chunk_size: int = 64) -> None:
+        self.descriptors = descriptors
+        self.preprocess = preprocess
+        self.size = size
+        self.n_jobs = n_jobs
+        self.cache_dir = cache_dir
+        self.chunk_size = chunk_size
+
+    def fit(self, X: Any, y: Any = None) -> "ImageFeatures":
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        return tags
+
+    def prepare(self, image: ImageLike) -> np.ndarray:
+        """One image as the descriptors see it: preprocessed, resized, ``(size, size, 3)`` uint8."""
+        return _prepare(image, self.preprocess, self.size)
+
+    def feature_sizes(self, image: ImageLike) -> dict[str, int]:
+        """How many columns each descriptor contributes (for this image size)."""
+        array = self.prepare(image)
+        return {name: int(d.describe(array).size) for name, d in self.descriptors}
+
+    def cache_path(self, X: Any) -> Path | None:
+        """Where the features of ``X`` are (or would be) cached; ``None`` without ``cache_dir``."""
+        if not self.cache_dir:
+            return None
+        return Path(self.cache_dir) / "features" / f"{self.cache_key(X)}.npy"
+
+    def cache_key(self, X: Any) -> str:
+        """Hex digest of the images' content, the parameters and the library versions."""
+        import PIL
+        import skimage
+
+        from . import __version__
+
+        params = {k: v for k, v in self.get_params(deep=False).items() if k not in ("n_jobs", "cache_dir", "chunk_size")}
+        digest = hashlib.sha256()
+        digest.update(repr((FEATURES_VERSION, __version__, skimage.__version__, PIL.__version__, np.__version__,
+                            _canonical(params))).encode())
+        digest.update(_content_digest(_items(X)).encode())
+        return digest.hexdigest()[:32]
+
+    def transform(self, X: Any) -> np.ndarray:
+        path = self.cache_path(X)
+        if path is not None and path.exists():
+            return np.load(path)
+        features = self._extract(_items(X))
+        if path is not None:
+            _atomic_save(path, features)
+        return features
+
+    def _extract(self, items: Sequence[ImageLike]) -> np.ndarray:
+        from joblib import Parallel, delayed
+        from tqdm.auto import tqdm
+
+        if len(items) == 0:
+            raise ValueError("No images to describe.")
+        chunks = [items[i:i + self.chunk_size] for i in range(0, len(items), self.chunk_size)]
+        descriptors = [d for _, d in self.descriptors]
+        jobs = (delayed(_describe_chunk)(chunk, self.preprocess, self.size, descriptors) for chunk in chunks)
+        results = Parallel(n_jobs=self.n_jobs, return_as="generator")(jobs)
+        parts = list(tqdm(results, total=len(chunks), desc="features", unit="chunk", leave=False,
+                          disable=len(chunks) < 4))
+        return np.concatenate(parts).astype(np.float32)
+
+
+def _items(X: Any) -> Sequence[ImageLike]:
+    """The images of an ImageSplit, an array of images or a list."""
+    images = getattr(X, "images", X)
+    if isinstance(images, np.ndarray):
+        return images
+    return list(images)
+
+
+def _prepare(image: ImageLike, preprocess: Any, size: int | None) -> np.ndarray:
+    from .preprocess import as_rgb
+
+    image = as_rgb(image)
+    steps = preprocess if isinstance(preprocess, (list, tuple)) else ([preprocess] if preprocess else [])
+    for step in steps:
+        image = step(image)
+    image = as_rgb(image)
+    if size and image.size != (size, size):
+        image = image.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
+    return np.asarray(image)
+
+
+def _describe_chunk(chunk: Sequence[ImageLike], preprocess: Any, size: int | None,
+                    descriptors: Sequence[ImageDescriptor]) -> np.ndarray:
+    rows = []
+    for image in chunk:
+        array = _prepare(image, preprocess, size)
+        rows.append(np.concatenate([d.describe(array) for d in descriptors]))
+    return np.stack(rows).astype(np.float32)
+
+
+def _canonical(value: Any) -> Any:
+    """A repr-able, address-free description of parameters (nested estimators included)."""
+    if isinstance(value, BaseEstimator):
+        return (type(value).__qualname__, {k: _canonical(v) for k, v in sorted(value.get_params(deep=False).items())})
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return repr(value)  # dataclass transforms list their fields; a lambda's repr changes every session (a miss)
+
+
+@lru_cache(maxsize=None)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _content_digest(items: Sequence[ImageLike]) -> str:
+    """Hash of the images themselves: file bytes for paths, pixel bytes for arrays and PIL images."""
+    digest = hashlib.sha256()
+    if isinstance(items, np.ndarray):
+        digest.update(repr((items.shape, str(items.dtype))).encode())
+        digest.update(np.ascontiguousarray(items).tobytes())
+        return digest.hexdigest()
+    for item in items:
+        if isinstance(item, (str, Path)):
+            stat = os.stat(item)
+            digest.update(_file_digest(str(item), stat.st_size, stat.st_mtime_ns).encode())
+        elif isinstance(item, Image.Image):
+            digest.update(repr((item.mode, item.size)).encode())
+            digest.update(item.tobytes())
+        else:
+            array = np.ascontiguousarray(item)
+            digest.update(repr((array.shape, str(array.dtype))).encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` so a reader sees the whole file or none (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy.tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def stack_features(extractor: "ImageFeatures", splits: Sequence[Any], views: Sequence[Any] = (None,)
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features of several splits stacked into one set (e.g. train + val), under each of ``views``.
+
+    A view is an extra transform applied after the extractor's preprocessing (``None``: the
+    image as it is; ``Flip()``: its mirror image), a cheap way to augment the training set of
+    an SVM. Returns ``(X, y, groups)``, view after view; ``groups`` numbers the original
+    images, so a grouped cross-validation keeps every view of an image in the same fold.
+    """
+    from sklearn.base import clone
+
+    base = list(extractor.preprocess) if isinstance(extractor.preprocess, (list, tuple)) else (
+        [extractor.preprocess] if extractor.preprocess else [])
+    labels = np.concatenate([np.asarray(s.labels) for s in splits])
+    blocks = []
+    for view in views:
+        viewed = clone(extractor).set_params(preprocess=base + ([view] if view else []))
+        blocks.append(np.vstack([viewed.transform(s) for s in splits]))
+    groups = np.tile(np.arange(len(labels)), len(views))
+    return np.vstack(blocks), np.tile(labels, len(views)), groups
+
+
+# --------------------------------------------------------------------------- the SVM
+
+
+def tempered_class_weight(y: Sequence[Any], power: float = 0.5) -> dict[Any, float]:
+    """Class weights ``(n / (k * n_c)) ** power``: 0 is no weighting, 1 is scikit-learn's ``"balanced"``.
+
+    ``power=0.5`` (square root) gives rare classes more say without making the SVM predict
+    them as often as the common ones, a compromise between accuracy and balanced accuracy.
+    """
+    values, counts = np.unique(np.asarray(y), return_counts=True)
+    return {v.item() if hasattr(v, "item") else v: float((len(y) / (len(values) * c)) ** power)
+            for v, c in zip(values, counts)}
+
+
+def svm_pipeline(*, class_weight: Any = None, random_state: int = 0):
+    """``Pipeline(StandardScaler(), SVC(kernel="rbf"))``: every feature on the same scale, then an RBF SVM."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    return Pipeline([("scale", StandardScaler()),
+                     ("svc", SVC(kernel="rbf", class_weight=class_weight, cache_size=500, random_state=random_state))])
+
+
+def tune_svm(X: np.ndarray, y: np.ndarray, param_grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
+             groups: np.ndarray | None = None, scoring: Any = "accuracy", n_splits: int = 5, random_state: int = 0,
+             n_jobs: int = 1):
+    """Grid-search :func:`svm_pipeline` with stratified ``n_splits``-fold cross-validation on ``(X, y)``.
+
+    Parameter names address the pipeline's steps (``svc__C``, ``svc__gamma``, ``svc__class_weight``).
+    With ``groups`` (from :func:`stack_features` with several views) the folds are stratified
+    *and* grouped, so no image has a view on both sides of a split. Returns the fitted
+    ``GridSearchCV``, whose ``best_estimator_`` is refitted on all of ``(X, y)``. Pass only
+    training data: the test split is for the final numbers.
+    """
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
+
+    if groups is None:
+        cv: Any = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    else:
+        cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    search = GridSearchCV(svm_pipeline(random_state=random_state), param_grid, scoring=scoring, cv=cv,
+                          n_jobs=n_jobs, refit=True, return_train_score=False, error_score="raise")
+    return search.fit(X, y, groups=groups)
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {v:.2f}" for k, v in value.items()) + "}"
+    return "none" if value is None else value
+
+
+def cv_table(search) -> pd.DataFrame:
+    """The grid search's results as a table: one row per parameter setting, best first."""
+    results = search.cv_results_
+    params = pd.DataFrame([{k.split("__")[-1]: _short(v) for k, v in p.items()} for p in results["params"]])
+    scores = pd.DataFrame({"mean CV score": results["mean_test_score"], "std": results["std_test_score"],
+                           "fit seconds": results["mean_fit_time"]})
+    return pd.concat([params, scores], axis=1).sort_values("mean CV score", ascending=False).reset_index(drop=True)
+
+
+def quadratic_kappa_scorer():
+    """A scorer for ``GridSearchCV``: quadratic weighted kappa, the DR grading metric."""
+    from sklearn.metrics import make_scorer
+
+    from .metrics import quadratic_weighted_kappa
+
+    return make_scorer(quadratic_weighted_kappa)
+
+
+# --------------------------------------------------------------------------- catalogue tags
+
+
+def catalogue_split(tag_data, seed: int = 0, test_fraction: float = 0.2,
+                    min_type_count: int = 20) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+    """The train/test split of the tag catalogue that every tagging method uses.
+
+    Rows whose ``articleType`` has fewer than ``min_type_count`` images in the whole table are
+    dropped (too few to learn or to test), then a seeded split stratified by ``articleType``
+    holds out ``test_fraction``. Returns ``(train, test, dropped_counts)``, the last being the
+    number of images of each dropped article type, so the notebook can say what it left out.
+    """
+    from sklearn.model_selection import train_test_split
+
+    table = tag_data.table if hasattr(tag_data, "table") else tag_data
+    counts = table["articleType"].value_counts()
+    rare = counts[counts < min_type_count]
+    kept = table[~table["articleType"].isin(rare.index)]
+    train, test = train_test_split(kept, test_size=test_fraction, random_state=seed, stratify=kept["articleType"])
+    return train.sort_index(), test.sort_index(), rare.rename("images dropped")
+
+
+class TagSVM(BaseEstimator):
+    """Independent SVMs, one per tag field, on shared standardised features.
+
+    Each field is a multi-class RBF SVM (``C``, ``gamma``) and is predicted on its own, with
+    no knowledge of the other fields: the baseline that a tagger which writes tags as a
+    sequence (notebook 05) has to beat. ``class_weight`` is ``None``, ``"balanced"`` or
+    ``"tempered"`` (:func:`tempered_class_weight`, computed per field). Rows with a blank
+    value in a field are left out of that field's training; a field with one value becomes
+    a constant. ``fit(X, tags)`` takes a feature matrix and a table with one column per field.
+    """
+
+    def __init__(self, fields: Sequence[str], C: float = 10.0, gamma: Any = "scale",
+                 class_weight: str | None = "tempered", random_state: int = 0, n_jobs: int = 1) -> None:
+        self.fields = fields
+        self.C = C
+        self.gamma = gamma
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def fit(self, X: np.ndarray, tags: pd.DataFrame) -> "TagSVM":
+        from joblib import Parallel, delayed
+        from sklearn.preprocessing import StandardScaler
+
+        self.scaler_ = StandardScaler().fit(X)
+        Z = self.scaler_.transform(X)
+        tags = tags.reset_index(drop=True)
+        fitted = Parallel(n_jobs=self.n_jobs)(delayed(_fit_field)(
+            Z, tags[f].to_numpy(dtype=str), self.C, self.gamma, self.class_weight, self.random_state)
+            for f in self.fields)
+        self.models_ = dict(zip(self.fields, fitted))
+        return self
+
+    def predict(self, X: np.ndarray) -> pd.DataFrame:
+        """One column per field with the predicted value."""
+        Z = self.scaler_.transform(X)
+        return pd.DataFrame({f: self.models_[f].predict(Z) for f in self.fields})
+
+
+def _fit_field(Z: np.ndarray, values: np.ndarray, C: float, gamma: Any, class_weight: str | None, random_state: int):
+    from sklearn.dummy import DummyClassifier
+    from sklearn.svm import SVC
+
+    known = values != ""
+    if len(set(values[known])) < 2:
+        return DummyClassifier(strategy="most_frequent").fit(Z[known], values[known])
+    weights = tempered_class_weight(values[known]) if class_weight == "tempered" else class_weight
+    return SVC(C=C, gamma=gamma, class_weight=weights, cache_size=500, random_state=random_state).fit(
+        Z[known], values[known])
+
+
+def fit_tag_svm(X_train: np.ndarray, tags_train: pd.DataFrame, fields: Sequence[str], *, C: float = 10.0,
+                gamma: Any = "scale", class_weight: str | None = "tempered", random_state: int = 0,
+                n_jobs: int = 1) -> TagSVM:
+    """Fit a :class:`TagSVM` on training features and their tag table."""
+    return TagSVM(list(fields), C=C, gamma=gamma, class_weight=class_weight, random_state=random_state,
+                  n_jobs=n_jobs).fit(X_train, tags_train)
+
+
+def tag_metrics(true_table: pd.DataFrame, pred_table: pd.DataFrame, fields: Sequence[str]) -> dict[str, Any]:
+    """How well predicted tags match the true ones.
+
+    Each image has one ``field=value`` tag per field. Returns ``field_accuracy`` (per field),
+    ``micro_f1`` and ``macro_f1`` over all ``field=value`` tags (macro: the unweighted mean over
+    every tag that is true or predicted somewhere, so rare tags count as much as common ones),
+    and ``exact_match`` (all fields right). A blank true value is unknown: that field of that
+    image is left out of the field's accuracy and of the F1 scores, and does not break an exact match.
+    """
+    from sklearn.metrics import f1_score
+    from sklearn.preprocessing import MultiLabelBinarizer
+
+    true = true_table[list(fields)].reset_index(drop=True).astype(str)
+    pred = pred_table[list(fields)].reset_index(drop=True).astype(str)
+    if len(true) != len(pred):
+        raise ValueError(f"{len(true)} true rows but {len(pred)} predicted rows.")
+    known = true != ""
+    correct = (true == pred) | ~known
+    field_accuracy = {f: float((true[f] == pred[f])[known[f]].mean()) if known[f].any() else float("nan")
+                      for f in fields}
+    true_tags = [{f"{f}={true.at[i, f]}" for f in fields if known.at[i, f]} for i in range(len(true))]
+    pred_tags = [{f"{f}={pred.at[i, f]}" for f in fields if known.at[i, f]} for i in range(len(true))]
+    binarizer = MultiLabelBinarizer().fit(true_tags + pred_tags)
+    y_true, y_pred = binarizer.transform(true_tags), binarizer.transform(pred_tags)
+    return {
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "exact_match": float(correct.all(axis=1).mean()),
+        "field_accuracy": field_accuracy,
+    }
+
+
+# --------------------------------------------------------------------------- pictures of the descriptors
+
+
+def hog_image(image: ImageLike, descriptor: HOG | None = None) -> np.ndarray:
+    """The HOG drawing of an image: each cell's dominant gradient orientations as little strokes."""
+    from skimage.exposure import rescale_intensity
+    from skimage.feature import hog
+
+    d = descriptor or HOG()
+    _, picture = hog(_as_array(image), orientations=d.orientations, pixels_per_cell=(d.pixels_per_cell,) * 2,
+                     cells_per_block=(d.cells_per_block,) * 2, block_norm=d.block_norm, channel_axis=-1,
+                     visualize=True)
+    return rescale_intensity(picture, out_range=(0.0, 1.0))
+
+
+def lbp_image(image: ImageLike, points: int = 8, radius: float = 1) -> np.ndarray:
+    """The uniform LBP code of every pixel (0 .. points + 1), the values :class:`LBPHistogram` counts."""
+    from skimage.feature import local_binary_pattern
+
+    return local_binary_pattern(_grey(_as_array(image)), int(points), float(radius), method="uniform")
+
+
+def local_contrast_image(image: ImageLike, sigma_fraction: float = 1 / 30) -> np.ndarray:
+    """The green channel minus its blur (the signal :class:`FundusLesionStats` summarises)."""
+    from skimage.filters import gaussian
+
+    green = _as_array(image)[..., 1].astype(np.float64)
+    return green - gaussian(green, sigma=sigma_fraction * min(green.shape) / 2, preserve_range=True, mode="nearest")
