@@ -50,3 +50,25 @@ def last_conv_layer(model: nn.Module) -> nn.Module:
     if not convs:
         raise ValueError("The model has no Conv2d layer for Grad-CAM.")
     return convs[-1]
+
+
+def grad_cam_examples(model: nn.Module, split, transform, predicted: np.ndarray, device: torch.device, *,
+                      classes, n_right: int = 4, n_wrong: int = 4, seed: int = 0):
+    """Grad-CAM maps for a few right and a few wrong predictions of ``model`` on ``split``.
+
+    Returns ``(images, heatmaps, titles)`` for :func:`tutorial_lib.plots.heatmap_overlays`.
+    """
+    rng = np.random.default_rng(seed)
+    right = np.flatnonzero(predicted == split.labels)
+    wrong = np.flatnonzero(predicted != split.labels)
+    chosen = [(i, "right") for i in rng.permutation(right)[:n_right]] + [(i, "wrong") for i in rng.permutation(wrong)[:n_wrong]]
+    model = model.to(device)
+    layer = last_conv_layer(model)
+    images, maps, titles = [], [], []
+    for i, verdict in chosen:
+        image = split.image(int(i))
+        cam, target = grad_cam(model, layer, transform(image).unsqueeze(0).to(device), int(predicted[i]))
+        images.append(image)
+        maps.append(cam)
+        titles.append(f"{verdict}: {classes[target]}\n(true {classes[split.labels[i]]})")
+    return images, maps, titles

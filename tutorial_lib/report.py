@@ -26,6 +26,13 @@ METHODS = ("svm", "linear_probe", "finetune_top", "finetune_full", "independent_
 METRICS = ("accuracy", "balanced_accuracy", "qwk", "macro_f1", "micro_f1", "exact_match", "field_accuracy")
 DEFAULT_RESULTS_PATH = Path("outputs") / "results.json"
 
+# The talk's own figures, on its own (different, larger, full-resolution) data: shown beside ours, never as ours.
+TALK_RESULTS = {
+    "dr": {"dataset": "Kaggle DR 2015 fundus photos (talk)", "metric": "score as reported (metric not stated)",
+           "svm": 0.66, "finetuned_googlenet": 0.79},
+    "clothing": {"dataset": "fashion photos (talk)", "metric": "accuracy", "svm": 0.72, "finetuned_googlenet": 0.93},
+}
+
 
 def results_path(path: str | Path | None = None) -> Path:
     """The results file: ``path`` if given, else ``outputs/results.json`` under the project root."""
@@ -117,3 +124,17 @@ def record_runtime(notebook: str, seconds: float, peak_rss_mb: float, path: str 
     results.setdefault("runtime", {})[notebook] = _plain({"seconds": round(float(seconds), 2),
                                                           "peak_rss_mb": round(float(peak_rss_mb), 1), **extra})
     _save(results, path)
+
+
+def talk_comparison(task: str, ours: Mapping[str, Mapping[str, float]], metric: str) -> "pd.DataFrame":
+    """Our methods beside the talk's figures for ``task``, one row each, the data set named on every row."""
+    import pandas as pd
+
+    talk = TALK_RESULTS[task]
+    # the talk's figure goes in our metric's column only when it is the same metric
+    talk_column = metric if talk["metric"] == metric else f"talk's figure ({talk['metric']})"
+    rows = [{"method": name, "data": "ours (test split)", metric: float(m[metric])}
+            for name, m in ours.items() if metric in m]
+    rows += [{"method": f"talk: {name.replace('_', ' ')}", "data": talk["dataset"], talk_column: talk[name]}
+             for name in ("svm", "finetuned_googlenet")]
+    return pd.DataFrame(rows).set_index("method")

@@ -60,9 +60,10 @@ PROFILES = {
     # CI-size smoke run: every code path, tiny numbers.
     "quick": Profile("quick", 96, 3, 1, 64, 32, amp=False, channels_last=False, max_images=120),
     # A laptop CPU in a few minutes: cached-activation training does most of the work.
-    "default": Profile("default", 224, 30, 1, 384, 32, amp=False, channels_last=False),
+    # finetune_full gets one short epoch here: a demonstration of the path, labelled as such in the results.
+    "default": Profile("default", 224, 8, 1, 256, 128, amp=False, channels_last=False),
     # A GPU: end-to-end fine-tuning at 224 px with mixed precision and a large batch.
-    "full": Profile("full", 224, 30, 12, None, 128, amp=True, channels_last=True),
+    "full": Profile("full", 224, 20, 12, None, 128, amp=True, channels_last=True),
 }
 
 
@@ -211,13 +212,30 @@ def cached_array(cache_dir: Path | None, key: dict[str, Any], compute: Callable[
 # --------------------------------------------------------------------------- activations of a frozen trunk
 
 
-class _Flip:
-    """Mirror a PIL image left-right (a deterministic view for activation caching)."""
+VIEWS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "transverse")
+"""Deterministic views of an image (the 8 symmetries of a square). A mirrored clothing photo is still a
+valid photo (``identity``, ``hflip``); a fundus photo has no "up", so all 8 are valid views of a retina."""
+
+
+class View:
+    """One deterministic view of a PIL image (see :data:`VIEWS`): a picklable transform."""
+
+    def __init__(self, name: str) -> None:
+        if name not in VIEWS:
+            raise ValueError(f"Unknown view {name!r}; use one of {VIEWS}.")
+        self.name = name
 
     def __call__(self, image):
-        from PIL import ImageOps
+        from PIL import Image
 
-        return ImageOps.mirror(image)
+        ops = {"hflip": Image.Transpose.FLIP_LEFT_RIGHT, "vflip": Image.Transpose.FLIP_TOP_BOTTOM,
+               "rot90": Image.Transpose.ROTATE_90, "rot180": Image.Transpose.ROTATE_180,
+               "rot270": Image.Transpose.ROTATE_270, "transpose": Image.Transpose.TRANSPOSE,
+               "transverse": Image.Transpose.TRANSVERSE}
+        return image if self.name == "identity" else image.transpose(ops[self.name])
+
+    def __repr__(self) -> str:
+        return f"View({self.name!r})"
 
 
 @torch.no_grad()
@@ -236,32 +254,47 @@ def compute_activations(module: nn.Module, split: ImageSplit, transform: Callabl
     return torch.cat(outputs).numpy()
 
 
-def trunk_activations(backbone: Backbone, trunk: nn.Module, split: ImageSplit, transform: Callable,
-                      device: torch.device, *, cut: str, cache_dir: Path | None, mirror: bool = False,
-                      batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
-    """Cached activations of the frozen trunk (cut before ``cut``) for a split, optionally mirrored."""
-    from torchvision import transforms
+class FrozenTrunk:
+    """The frozen lower part of a backbone, cut before stage ``cut``, with cached activations.
 
-    pipeline = transforms.Compose([_Flip(), transform]) if mirror else transform
-    key = {"backbone": backbone.name, "weights": backbone.weights, "cut": cut, "transform": repr(transform),
-           "mirror": mirror, "data": split_fingerprint(split), "version": 1}
-    return cached_array(cache_dir, key, lambda: compute_activations(
-        trunk, split, pipeline, device, batch_size=batch_size, num_workers=num_workers,
-        desc=f"{backbone.name} up to {cut}{' (mirrored)' if mirror else ''}", dtype=torch.float16))
+    Every image goes through the trunk once (per view); :meth:`pooled` then gives the
+    pretrained network's pooled features for a linear probe, and :func:`finetune_top`
+    trains the upper stages on the same cached activations.
+    """
 
+    def __init__(self, backbone: Backbone, cut: str, transform: Callable, device: torch.device, *,
+                 cache_dir: Path | None = None, batch_size: int = 64, num_workers: int = 0) -> None:
+        self.backbone, self.cut, self.transform, self.device = backbone, cut, transform, device
+        self.cache_dir, self.batch_size, self.num_workers = cache_dir, batch_size, num_workers
+        self.trunk, top = split_model(backbone, cut)
+        # the pretrained top without dropout and head: activations -> pooled features
+        self._pool = nn.Sequential(*[m for m in list(top)[:-1] if not isinstance(m, nn.Dropout)])
+        self._pool_state = {k: v.detach().clone() for k, v in self._pool.state_dict().items()}
 
-def pooled_features(backbone: Backbone, split: ImageSplit, transform: Callable, device: torch.device, *,
-                    cache_dir: Path | None, batch_size: int = 64, num_workers: int = 0) -> np.ndarray:
-    """Cached global-average-pooled features (the input of the classifier head): ``(N, num_features)``."""
-    layers = layer_sequence(backbone)
-    names = [n for n, _ in layers]
-    cut = "flatten" if backbone.name == "googlenet" else "head_dropout"
-    trunk = nn.Sequential(*[m for _, m in layers[:names.index(cut)]], nn.Flatten(1))
-    key = {"backbone": backbone.name, "weights": backbone.weights, "pooled": True, "transform": repr(transform),
-           "data": split_fingerprint(split), "version": 1}
-    return cached_array(cache_dir, key, lambda: compute_activations(
-        trunk, split, transform, device, batch_size=batch_size, num_workers=num_workers,
-        desc=f"{backbone.name} features"))
+    def activations(self, split: ImageSplit, view: str = "identity") -> np.ndarray:
+        """Trunk outputs for every image of ``split`` seen in ``view`` (float16, cached on disk)."""
+        from torchvision import transforms
+
+        pipeline = self.transform if view == "identity" else transforms.Compose([View(view), self.transform])
+        key = {"backbone": self.backbone.name, "weights": self.backbone.weights, "cut": self.cut,
+               "transform": repr(self.transform), "view": view, "data": split_fingerprint(split), "version": 3}
+        return cached_array(self.cache_dir, key, lambda: compute_activations(
+            self.trunk, split, pipeline, self.device, batch_size=self.batch_size, num_workers=self.num_workers,
+            desc=f"{self.backbone.name} up to {self.cut} ({view})", dtype=torch.float16))
+
+    @torch.no_grad()
+    def pooled(self, activations: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The pretrained network's pooled features ``(N, num_features)`` computed from cached activations."""
+        pool = self._pool.to(self.device)
+        current = {k: v.detach().clone() for k, v in pool.state_dict().items()}
+        pool.load_state_dict(self._pool_state)  # always the pretrained weights, even after fine-tuning
+        pool.eval()
+        try:
+            out = [pool(torch.from_numpy(activations[i:i + batch_size]).float().to(self.device)).flatten(1).cpu()
+                   for i in range(0, len(activations), batch_size)]
+        finally:
+            pool.load_state_dict(current)
+        return torch.cat(out).numpy()
 
 
 # --------------------------------------------------------------------------- the training loop
@@ -489,7 +522,7 @@ class StrategyResult:
 
 
 def fit_linear_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], *, seed: int = 0,
-                     c_grid: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0),
+                     c_grid: Sequence[float] = (0.01, 0.03, 0.1),
                      score: Callable[[np.ndarray, np.ndarray], float] | None = None) -> StrategyResult:
     """Logistic regression on frozen features; ``C`` chosen on the validation split.
 
@@ -517,41 +550,37 @@ def fit_linear_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarr
                           notes={"C": best_c, "val_scores": val_scores, "refit_on": "train+val"})
 
 
-def finetune_top(backbone: Backbone, splits: dict[str, ImageSplit], transform: Callable, device: torch.device,
-                 config: TrainConfig, *, n_stages: int = 2, cache_dir: Path | None = None, mirror: bool = True,
-                 checkpoint: Path | None = None, score: Callable | None = None, progress: bool = True,
-                 n_classes: int) -> StrategyResult:
-    """Train the last ``n_stages`` stages and the head on cached activations of the frozen trunk.
+def finetune_top(frozen: FrozenTrunk, splits: dict[str, ImageSplit], config: TrainConfig, *, n_classes: int,
+                 train_views: Sequence[str] = ("identity", "hflip"), eval_views: Sequence[str] = ("identity",),
+                 checkpoint: Path | None = None, score: Callable | None = None,
+                 progress: bool = True) -> StrategyResult:
+    """Train the stages from ``frozen.cut`` up, and the head, on cached activations of the frozen trunk.
 
-    With ``mirror``, the training set also holds every image's mirror image (a free
-    augmentation: two cached views). The trained layers are shared with
-    ``backbone.model``, so a later :func:`finetune_full` starts from them.
+    The training set holds every image in each of ``train_views`` (free augmentation:
+    the activations of each view are cached once). Validation and test probabilities are
+    averaged over ``eval_views`` (test-time augmentation). The trained layers are shared
+    with ``backbone.model``, so a later :func:`finetune_full` starts from them.
     """
     started = time.perf_counter()
-    cut = top_stages(backbone, n_stages)
-    trunk, top = split_model(backbone, cut)
-    acts = {split: trunk_activations(backbone, trunk, data, transform, device, cut=cut, cache_dir=cache_dir,
-                                     batch_size=config.batch_size, num_workers=config.num_workers)
-            for split, data in splits.items()}
-    train_x, train_y = acts["train"], splits["train"].labels
-    if mirror:
-        flipped = trunk_activations(backbone, trunk, splits["train"], transform, device, cut=cut,
-                                    cache_dir=cache_dir, mirror=True, batch_size=config.batch_size,
-                                    num_workers=config.num_workers)
-        train_x, train_y = np.concatenate([train_x, flipped]), np.concatenate([train_y, train_y])
+    _, top = split_model(frozen.backbone, frozen.cut)
 
     def tensors(x: np.ndarray, y: np.ndarray) -> TensorDataset:
         return TensorDataset(torch.from_numpy(x).float(), torch.from_numpy(np.asarray(y, dtype=np.int64)))
 
+    train_x = np.concatenate([frozen.activations(splits["train"], v) for v in train_views])
+    train_y = np.tile(splits["train"].labels, len(train_views))
+    val_x = frozen.activations(splits["val"])
     head = str(len(top) - 1)  # the classifier is the top's last module
     top_config = replace(config, num_workers=0, channels_last=False)
-    history = fit(top, tensors(train_x, train_y), tensors(acts["val"], splits["val"].labels), top_config, device,
-                  head_prefixes=[head], n_classes=n_classes, train_labels=train_y, checkpoint=checkpoint,
-                  score=score, progress=progress)
-    probs = {split: predict_proba(top, tensors(a, splits[split].labels), device) for split, a in acts.items()}
+    history = fit(top, tensors(train_x, train_y), tensors(val_x, splits["val"].labels), top_config,
+                  frozen.device, head_prefixes=[head], n_classes=n_classes, train_labels=train_y,
+                  checkpoint=checkpoint, score=score, progress=progress)
+    probs = {split: np.mean([predict_proba(top, tensors(frozen.activations(data, v), data.labels), frozen.device)
+                             for v in (("identity",) if split == "train" else eval_views)], axis=0)
+             for split, data in splits.items()}
     return StrategyResult("finetune_top", probs, history, model=top, seconds=time.perf_counter() - started,
-                          notes={"trained_from": cut, "activation_shape": list(acts["train"].shape[1:]),
-                                 "mirrored_views": mirror})
+                          notes={"trained_from": frozen.cut, "activation_shape": list(val_x.shape[1:]),
+                                 "train_views": list(train_views), "eval_views": list(eval_views)})
 
 
 def finetune_full(backbone: Backbone, splits: dict[str, ImageSplit], train_transform: Callable,
@@ -573,11 +602,13 @@ def finetune_full(backbone: Backbone, splits: dict[str, ImageSplit], train_trans
     history = fit(model, train, ImageDataset(splits["val"], eval_transform), config, device, head_prefixes=heads,
                   n_classes=n_classes, train_labels=splits["train"].labels, checkpoint=checkpoint, score=score,
                   progress=progress)
-    probs = {split: predict_proba(model, ImageDataset(data, eval_transform), device,
+    probs = {split: predict_proba(model, ImageDataset(splits[split], eval_transform), device,
                                   batch_size=max(128, config.batch_size), num_workers=config.num_workers,
                                   amp=config.amp, channels_last=config.channels_last)
-             for split, data in splits.items()}
-    return StrategyResult("finetune_full", probs, history, model=model, seconds=time.perf_counter() - started)
+             for split in ("val", "test")}  # the training split is not re-scored: it costs a full pass on a CPU
+    images_seen = config.epochs * (config.samples_per_epoch or len(splits["train"]))
+    return StrategyResult("finetune_full", probs, history, model=model, seconds=time.perf_counter() - started,
+                          notes={"epochs": config.epochs, "images_seen": images_seen})
 
 
 # --------------------------------------------------------------------------- ordinal decisions (DR grades)
@@ -612,3 +643,18 @@ def fit_thresholds(scores: np.ndarray, y: np.ndarray, n_classes: int, *, rounds:
 def apply_thresholds(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """Grades from scores and cut points."""
     return np.digitize(scores, thresholds)
+
+
+def ordinal_predictions(probs: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
+    """Grades from class probabilities by two rules: ``argmax`` and ``thresholds``.
+
+    ``thresholds`` cuts the expected grade at points fitted on the validation split to
+    maximise quadratic weighted kappa (so its validation kappa is optimistic; the test
+    split plays no part). Returns ``{rule: {split: grades}}`` and the thresholds.
+    """
+    n_classes = probs["val"].shape[1]
+    thresholds = fit_thresholds(expected_grade(probs["val"]), labels["val"], n_classes)
+    return {
+        "argmax": {split: p.argmax(1) for split, p in probs.items()},
+        "thresholds": {split: apply_thresholds(expected_grade(p), thresholds) for split, p in probs.items()},
+    }, thresholds
