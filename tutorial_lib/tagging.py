@@ -1,0 +1,604 @@
+"""Writing an image's tags as a sequence: a CNN encoder and an LSTM decoder.
+
+Introduced in ``05_tagging``. A catalogue photo has one tag per field (gender,
+category, article type, colour, ...). Two ways to predict them from the same
+fine-tuned CNN features:
+
+- :class:`IndependentHeads`: one softmax head per field, each field on its own;
+- :class:`CNNLSTMTagger`: an LSTM that *writes* the tags one field after the other,
+  each step seeing the image and the tags it has already written (teacher forcing
+  in training; greedy or beam-search decoding, optionally constrained to one valid
+  tag per field).
+
+Both train the top of a pretrained backbone jointly with their heads, on cached
+activations of the frozen trunk (:class:`tutorial_lib.train.FrozenTrunk`): that is
+end-to-end fine-tuning of the encoder's top, at a cost a CPU can afford.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.nn import functional as F_nn
+
+from .env import make_generator, seed_everything
+from .models import Backbone
+from .train import atomic_save, load_checkpoint, param_groups, split_model, warmup_cosine
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+SPECIAL_TOKENS = (PAD, START, END, UNK)
+PAD_ID, START_ID, END_ID, UNK_ID = range(4)
+
+COARSE_TO_FINE = ("masterCategory", "subCategory", "articleType", "gender", "usage", "season", "baseColour")
+"""The catalogue's fields in decoding order: the category hierarchy from coarse to fine, then the attributes that
+depend on the article type, the least certain (season, colour) last so that their errors cannot mislead the
+steps that come after them."""
+
+
+def tag_order(fields: Sequence[str]) -> list[str]:
+    """``fields`` in decoding order: those of :data:`COARSE_TO_FINE` first, in that order, then the rest as given."""
+    fields = list(fields)
+    return [f for f in COARSE_TO_FINE if f in fields] + [f for f in fields if f not in COARSE_TO_FINE]
+
+
+# --------------------------------------------------------------------------- tag profiles
+
+
+@dataclass(frozen=True)
+class TaggingProfile:
+    """How much work notebook 05 does (chosen by its ``PROFILE`` parameter)."""
+
+    name: str
+    image_size: int  # input side in pixels fed to the backbone
+    top_stages: int  # backbone stages trained jointly with the tagger (the rest is a cached frozen trunk)
+    epochs: int
+    batch_size: int
+    max_train: int | None = None  # caps on the number of images (quick smoke runs)
+    max_test: int | None = None
+
+
+TAGGING_PROFILES = {
+    # CI-size smoke run: every code path, tiny numbers.
+    "quick": TaggingProfile("quick", 96, 1, 2, 32, max_train=240, max_test=80),
+    # 2 CPU cores in a few minutes: the trunk runs once per image and view, then the top trains on its activations.
+    "default": TaggingProfile("default", 160, 1, 14, 64),
+    # A GPU: larger input, more stages trained, more epochs.
+    "full": TaggingProfile("full", 224, 3, 30, 128),
+}
+
+
+def get_tagging_profile(name: str, device: torch.device) -> TaggingProfile:
+    """The named profile; ``"auto"`` is ``"full"`` on a CUDA GPU, else ``"default"``."""
+    if name == "auto":
+        name = "full" if device.type == "cuda" else "default"
+    if name not in TAGGING_PROFILES:
+        raise ValueError(f"Unknown PROFILE {name!r}; use one of {', '.join(TAGGING_PROFILES)} or 'auto'.")
+    return TAGGING_PROFILES[name]
+
+
+# --------------------------------------------------------------------------- data: splits and the vocabulary
+
+
+def validation_split(train: pd.DataFrame, fraction: float = 0.15, seed: int = 0,
+                     stratify: str = "articleType") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Carve a seeded validation part out of ``train``, stratified by ``stratify`` where every value allows it.
+
+    Returns ``(fit, val)``. Values with a single image cannot be stratified; then the split is plain random.
+    """
+    from sklearn.model_selection import train_test_split
+
+    counts = train[stratify].value_counts() if stratify in train.columns else pd.Series(dtype=int)
+    labels = train[stratify] if len(counts) and counts.min() >= 2 else None
+    fit, val = train_test_split(train, test_size=fraction, random_state=seed, stratify=labels)
+    return fit.sort_index(), val.sort_index()
+
+
+def limit_rows(table: pd.DataFrame, max_rows: int | None, seed: int = 0) -> pd.DataFrame:
+    """A seeded random sample of at most ``max_rows`` rows, in the original order (all of them if ``None``)."""
+    if max_rows is None or len(table) <= max_rows:
+        return table
+    return table.sample(max_rows, random_state=seed).sort_index()
+
+
+class TagVocabulary:
+    """Tokens for ``field=value`` tags, plus ``<pad>``, ``<start>``, ``<end>`` and ``<unk>``.
+
+    ``fit`` keeps the values seen at least ``min_count`` times in the training table; the
+    rest become ``<unk>``. Each field's tokens are contiguous ids (``field_slices_``), in
+    ``fields`` order, which is also the order in which the decoder writes them. ``encode``
+    turns a table into ``<start> tag_1 ... tag_k <end>`` rows and counts what it had to map
+    to ``<unk>``: blank values, values too rare to keep, and values never seen in training.
+    """
+
+    def __init__(self, fields: Sequence[str], min_count: int = 2) -> None:
+        self.fields = fields
+        self.min_count = min_count
+
+    def fit(self, table: pd.DataFrame) -> "TagVocabulary":
+        self.tokens_ = list(SPECIAL_TOKENS)
+        self.field_slices_: dict[str, slice] = {}
+        self.rare_: dict[str, list[str]] = {}
+        self.seen_: dict[str, set[str]] = {}
+        for field in self.fields:
+            values = table[field].astype(str).str.strip()
+            counts = values[values != ""].value_counts()
+            kept = sorted(counts.index[counts >= self.min_count])
+            self.rare_[field] = sorted(counts.index[counts < self.min_count])
+            self.seen_[field] = set(counts.index)
+            start = len(self.tokens_)
+            self.tokens_ += [f"{field}={v}" for v in kept]
+            self.field_slices_[field] = slice(start, len(self.tokens_))
+        self.index_ = {token: i for i, token in enumerate(self.tokens_)}
+        return self
+
+    def __len__(self) -> int:
+        return len(self.tokens_)
+
+    @property
+    def n_fields(self) -> int:
+        return len(self.fields)
+
+    def values(self, field: str) -> list[str]:
+        """The values of ``field`` that have a token, in id order."""
+        return [t.split("=", 1)[1] for t in self.tokens_[self.field_slices_[field]]]
+
+    def step_mask(self) -> torch.Tensor:
+        """``(n_fields + 1, len(self))`` booleans: the tokens valid at each decoding step (the last: ``<end>``)."""
+        mask = torch.zeros(self.n_fields + 1, len(self), dtype=torch.bool)
+        for step, field in enumerate(self.fields):
+            mask[step, self.field_slices_[field]] = True
+        mask[self.n_fields, END_ID] = True
+        return mask
+
+    def encode(self, table: pd.DataFrame, *, warn: bool = True, what: str = "table") -> tuple[np.ndarray, dict[str, int]]:
+        """``(N, n_fields + 2)`` token ids ``<start> tag_1 ... tag_k <end>`` and counts of what became ``<unk>``.
+
+        Counts: ``blank`` (an empty value), ``rare`` (seen in training fewer than ``min_count`` times),
+        ``unseen`` (never seen in training, e.g. a new colour at test time). Nothing fails: each case is
+        mapped to ``<unk>``, counted, and reported in one warning per call.
+        """
+        counts = {"blank": 0, "rare": 0, "unseen": 0}
+        examples: dict[str, list[str]] = {"blank": [], "rare": [], "unseen": []}
+        ids = np.full((len(table), self.n_fields + 2), PAD_ID, dtype=np.int64)
+        ids[:, 0], ids[:, -1] = START_ID, END_ID
+        for j, field in enumerate(self.fields):
+            for i, value in enumerate(table[field].astype(str).str.strip()):
+                token = self.index_.get(f"{field}={value}")
+                if token is None:
+                    kind = "blank" if value == "" else "rare" if value in self.seen_[field] else "unseen"
+                    counts[kind] += 1
+                    examples[kind].append(field if kind == "blank" else f"{field}={value}")
+                    token = UNK_ID
+                ids[i, j + 1] = token
+        if warn and counts["blank"] + counts["unseen"]:
+            parts = [f"{counts[k]} {k} ({', '.join(sorted(set(examples[k]))[:5])})"
+                     for k in ("blank", "unseen") if counts[k]]
+            warnings.warn(f"{what}: tags mapped to {UNK}: {'; '.join(parts)}. They are left out of the training "
+                          "loss; at test time they count as unknown.", stacklevel=2)
+        return ids, counts
+
+    def decode(self, ids: np.ndarray) -> pd.DataFrame:
+        """Token rows (with or without ``<start>``) to a table with one column per field.
+
+        Each field takes the first token of that field before ``<end>``; a field the row
+        never mentions is ``""`` (an unconstrained decoder may skip or repeat a field).
+        """
+        rows = []
+        for row in np.asarray(ids):
+            values = {f: "" for f in self.fields}
+            for token in row:
+                token = int(token)
+                if token == END_ID:
+                    break
+                if token < len(SPECIAL_TOKENS):
+                    continue
+                field, value = self.tokens_[token].split("=", 1)
+                if values[field] == "":
+                    values[field] = value
+            rows.append(values)
+        return pd.DataFrame(rows, columns=list(self.fields))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Tokens per field: how many values kept, and which were too rare."""
+        return pd.DataFrame({"tokens": {f: s.stop - s.start for f, s in self.field_slices_.items()},
+                             f"values seen < {self.min_count} times (-> {UNK})": {f: len(r) for f, r in self.rare_.items()}})
+
+
+# --------------------------------------------------------------------------- the models
+
+
+class TopEncoder(nn.Module):
+    """The upper stages of a pretrained backbone: cached trunk activations -> image embedding ``(B, num_features)``.
+
+    A copy of the layers from ``cut`` up to (not including) the ImageNet classifier, so two taggers
+    built from one backbone each start from the pretrained weights and train their own copy.
+    """
+
+    def __init__(self, backbone: Backbone, cut: str) -> None:
+        super().__init__()
+        _, top = split_model(backbone, cut)
+        layers = [copy.deepcopy(m) for m in list(top)[:-1] if not isinstance(m, nn.Dropout)]
+        self.body = nn.Sequential(*layers, nn.Flatten(1))
+        for p in self.body.parameters():
+            p.requires_grad_(True)
+        self.num_features = backbone.num_features
+
+    def forward(self, acts: torch.Tensor) -> torch.Tensor:
+        return self.body(acts)  # (batch, num_features)
+
+
+class IndependentHeads(nn.Module):
+    """One softmax head per field on a shared image embedding: each field predicted on its own."""
+
+    def __init__(self, encoder: nn.Module, vocab: TagVocabulary, *, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.vocab = vocab
+        self.dropout = nn.Dropout(dropout)
+        self.heads = nn.ModuleList([nn.Linear(encoder.num_features, s.stop - s.start)
+                                    for s in vocab.field_slices_.values()])
+
+    def forward(self, acts: torch.Tensor) -> list[torch.Tensor]:
+        z = self.dropout(self.encoder(acts))  # (batch, num_features)
+        return [head(z) for head in self.heads]  # n_fields x (batch, n_values_of_field)
+
+    def loss(self, acts: torch.Tensor, tokens: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy over fields; returns ``(loss, per-field correct (batch, n_fields))``."""
+        targets = _field_targets(tokens[:, 1:-1], self.vocab)  # (batch, n_fields), -100 where unknown
+        logits = self(acts)
+        loss = sum(F_nn.cross_entropy(l, t, ignore_index=-100, label_smoothing=label_smoothing)
+                   for l, t in zip(logits, targets.T)) / len(logits)
+        correct = torch.stack([l.argmax(1) == t for l, t in zip(logits, targets.T)], dim=1)
+        return loss, correct
+
+    @torch.no_grad()
+    def predict(self, acts: torch.Tensor, **_: Any) -> torch.Tensor:
+        """The most likely value of each field as token ids ``(batch, n_fields)``."""
+        offsets = [s.start for s in self.vocab.field_slices_.values()]
+        return torch.stack([l.argmax(1) + o for l, o in zip(self(acts), offsets)], dim=1)
+
+
+class CNNLSTMTagger(nn.Module):
+    """A CNN encoder and an LSTM decoder that writes the tags one field after the other.
+
+    The image embedding sets the LSTM's initial state (``h0``, ``c0``) and, projected, is
+    also fed at every step beside the embedding of the previous tag, so the decoder never
+    "forgets" the image. Step ``t`` predicts field ``t`` (then ``<end>``). With
+    ``field_softmax`` the loss at each step is a softmax over that field's values only,
+    which is what constrained decoding uses; without it, a softmax over the whole
+    vocabulary, as in image captioning.
+    """
+
+    def __init__(self, encoder: nn.Module, vocab: TagVocabulary, *, embed_dim: int = 128, hidden: int = 384,
+                 dropout: float = 0.3, field_softmax: bool = True) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.vocab = vocab
+        self.field_softmax = field_softmax
+        self.dropout = nn.Dropout(dropout)
+        self.init_h = nn.Linear(encoder.num_features, hidden)
+        self.init_c = nn.Linear(encoder.num_features, hidden)
+        self.context = nn.Linear(encoder.num_features, embed_dim)
+        self.embed = nn.Embedding(len(vocab), embed_dim, padding_idx=PAD_ID)
+        self.lstm = nn.LSTM(2 * embed_dim, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, len(vocab))
+        self.register_buffer("step_mask", vocab.step_mask(), persistent=False)
+
+    def start(self, acts: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Encode the images: the LSTM's initial state and the per-step image context."""
+        z = self.dropout(self.encoder(acts))  # (batch, num_features)
+        state = (torch.tanh(self.init_h(z)).unsqueeze(0), self.init_c(z).unsqueeze(0))  # 2 x (1, batch, hidden)
+        return state, torch.relu(self.context(z))  # context: (batch, embed_dim)
+
+    def steps(self, tokens: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], context: torch.Tensor
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Logits for the next token after each of ``tokens`` ``(batch, T)``: ``(batch, T, vocab)`` and the new state."""
+        x = torch.cat([self.embed(tokens), context.unsqueeze(1).expand(-1, tokens.shape[1], -1)], dim=2)  # (batch, T, 2*embed)
+        h, state = self.lstm(x, state)  # h: (batch, T, hidden)
+        return self.out(self.dropout(h)), state  # (batch, T, vocab)
+
+    def forward(self, acts: torch.Tensor, tokens_in: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: logits ``(batch, T, vocab)`` for the next token after each of ``tokens_in``."""
+        state, context = self.start(acts)
+        logits, _ = self.steps(tokens_in, state, context)
+        return logits
+
+    def loss(self, acts: torch.Tensor, tokens: torch.Tensor, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of every next tag given the true previous ones; returns ``(loss, correct (batch, n_fields))``."""
+        logits = self(acts, tokens[:, :-1])  # (batch, n_fields + 1, vocab): predicts tag_1 ... tag_k, <end>
+        targets = tokens[:, 1:]  # (batch, n_fields + 1)
+        k = self.vocab.n_fields
+        if self.field_softmax:
+            field_targets = _field_targets(targets[:, :k], self.vocab)
+            slices = list(self.vocab.field_slices_.values())
+            loss = sum(F_nn.cross_entropy(logits[:, t, s], field_targets[:, t], ignore_index=-100,
+                                          label_smoothing=label_smoothing) for t, s in enumerate(slices)) / k
+            correct = torch.stack([logits[:, t, s].argmax(1) == field_targets[:, t] for t, s in enumerate(slices)], 1)
+            return loss, correct
+        targets = targets.masked_fill(targets == UNK_ID, -100)  # unknown tags teach nothing
+        loss = F_nn.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+                                  label_smoothing=label_smoothing)
+        return loss, logits[:, :k].argmax(2) == targets[:, :k]
+
+    @torch.no_grad()
+    def predict(self, acts: torch.Tensor, *, beam_size: int = 1, constrained: bool = True) -> torch.Tensor:
+        """Generated tag tokens ``(batch, n_fields + 1)`` (greedy when ``beam_size == 1``)."""
+        if beam_size == 1:
+            return greedy_decode(self, acts, constrained=constrained)
+        return beam_search(self, acts, beam_size=beam_size, constrained=constrained)[0]
+
+
+def _field_targets(tags: torch.Tensor, vocab: TagVocabulary) -> torch.Tensor:
+    """Token ids ``(batch, n_fields)`` -> index within each field's values; ``-100`` (ignored) for ``<unk>``."""
+    starts = torch.tensor([s.start for s in vocab.field_slices_.values()], device=tags.device)
+    return torch.where(tags == UNK_ID, torch.full_like(tags, -100), tags - starts)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _allowed(model: CNNLSTMTagger, step: int, constrained: bool) -> torch.Tensor:
+    """Tokens the decoder may write at ``step``: that field's values (constrained), or any tag and ``<end>``."""
+    if constrained:
+        return model.step_mask[min(step, model.vocab.n_fields)]
+    allowed = torch.ones(len(model.vocab), dtype=torch.bool, device=model.step_mask.device)
+    allowed[[PAD_ID, START_ID, UNK_ID]] = False
+    return allowed
+
+
+@torch.no_grad()
+def greedy_decode(model: CNNLSTMTagger, acts: torch.Tensor, *, constrained: bool = True) -> torch.Tensor:
+    """Write each image's tags by taking the most likely next token at every step.
+
+    Returns ``(batch, n_fields + 1)`` token ids; an unconstrained row that ends early is padded with ``<pad>``.
+    """
+    model.eval()
+    state, context = model.start(acts)
+    batch, length = acts.shape[0], model.vocab.n_fields + 1
+    token = torch.full((batch, 1), START_ID, dtype=torch.long, device=acts.device)
+    out = torch.full((batch, length), PAD_ID, dtype=torch.long, device=acts.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=acts.device)
+    for step in range(length):
+        logits, state = model.steps(token, state, context)  # (batch, 1, vocab)
+        logits = logits[:, 0].masked_fill(~_allowed(model, step, constrained), -math.inf)
+        token = logits.argmax(1, keepdim=True)  # (batch, 1)
+        out[:, step] = torch.where(done, PAD_ID, token[:, 0])
+        done |= token[:, 0] == END_ID
+        if done.all():
+            break
+    return out
+
+
+@torch.no_grad()
+def beam_search(model: CNNLSTMTagger, acts: torch.Tensor, *, beam_size: int = 3, constrained: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the ``beam_size`` most likely partial tag sequences at each step; return the best one per image.
+
+    Scores are sums of log-probabilities, renormalised over the allowed tokens of each step
+    (with ``constrained``: one value of the step's field). Returns ``(tokens (batch, n_fields + 1),
+    log-probability (batch,))``. With ``beam_size=1`` it is greedy decoding.
+    """
+    model.eval()
+    state, context = model.start(acts)
+    batch, k, length, vocab_size = acts.shape[0], beam_size, model.vocab.n_fields + 1, len(model.vocab)
+    device = acts.device
+    state = tuple(s.repeat_interleave(k, dim=1) for s in state)  # 2 x (1, batch * k, hidden)
+    context = context.repeat_interleave(k, dim=0)  # (batch * k, embed_dim)
+    scores = torch.full((batch, k), -math.inf, device=device)
+    scores[:, 0] = 0.0  # one live hypothesis to start with
+    seqs = torch.full((batch, k, 0), PAD_ID, dtype=torch.long, device=device)
+    token = torch.full((batch * k, 1), START_ID, dtype=torch.long, device=device)
+    done = torch.zeros(batch, k, dtype=torch.bool, device=device)
+    rows = torch.arange(batch, device=device).unsqueeze(1)  # (batch, 1)
+    for step in range(length):
+        logits, state = model.steps(token, state, context)  # (batch * k, 1, vocab)
+        logp = logits[:, 0].masked_fill(~_allowed(model, step, constrained), -math.inf).log_softmax(1)
+        logp = logp.view(batch, k, vocab_size)
+        finished = torch.full((vocab_size,), -math.inf, device=device)
+        finished[PAD_ID] = 0.0  # a finished hypothesis only extends with <pad>, at no cost
+        logp = torch.where(done.unsqueeze(2), finished, logp)
+        top = (scores.unsqueeze(2) + logp).view(batch, -1).topk(k, dim=1)  # over k * vocab candidates
+        beam, token_ids = top.indices // vocab_size, top.indices % vocab_size  # (batch, k)
+        scores = top.values
+        seqs = torch.cat([seqs[rows, beam], token_ids.unsqueeze(2)], dim=2)  # (batch, k, step + 1)
+        done = done[rows, beam] | (token_ids == END_ID)
+        flat = (rows * k + beam).view(-1)  # which hypothesis each new one continues
+        state = tuple(s[:, flat] for s in state)
+        token = token_ids.view(-1, 1)
+        if done.all():
+            break
+    best = scores.argmax(1)
+    out = torch.full((batch, length), PAD_ID, dtype=torch.long, device=device)
+    out[:, :seqs.shape[2]] = seqs[torch.arange(batch, device=device), best]
+    return out, scores[torch.arange(batch, device=device), best]
+
+
+@torch.no_grad()
+def sequence_log_prob(model: CNNLSTMTagger, acts: torch.Tensor, tokens: torch.Tensor, *,
+                      constrained: bool = True) -> torch.Tensor:
+    """The decoder's log-probability ``(batch,)`` of given tag sequences (without ``<start>``), scored as the
+    decoders score them: each step renormalised over its allowed tokens; ``<pad>`` after ``<end>`` costs nothing."""
+    model.eval()
+    start = torch.full_like(tokens[:, :1], START_ID)
+    logits = model(acts, torch.cat([start, tokens[:, :-1]], dim=1))  # (batch, T, vocab)
+    total = torch.zeros(len(tokens), device=tokens.device)
+    for step in range(tokens.shape[1]):
+        logp = logits[:, step].masked_fill(~_allowed(model, step, constrained), -math.inf).log_softmax(1)
+        picked = logp.gather(1, tokens[:, step:step + 1])[:, 0]
+        total += torch.where(tokens[:, step] == PAD_ID, torch.zeros_like(picked), picked)
+    return total
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TaggerConfig:
+    """Hyper-parameters of one tagger training run."""
+
+    epochs: int = 14
+    batch_size: int = 64
+    lr_head: float = 2e-3  # the new heads / decoder
+    lr_encoder: float = 5e-4  # the pretrained top stages learn slower
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    seed: int = 0
+
+
+def _tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+
+
+@torch.no_grad()
+def predict_tokens(model: nn.Module, acts: np.ndarray | torch.Tensor, device: torch.device, *,
+                   batch_size: int = 256, **decode: Any) -> np.ndarray:
+    """Tag tokens for every row of ``acts`` (cached activations), in batches; ``decode`` goes to ``model.predict``."""
+    model = model.to(device).eval()
+    acts = _tensor(acts)
+    return torch.cat([model.predict(acts[i:i + batch_size].to(device).float(), **decode).cpu()
+                      for i in range(0, len(acts), batch_size)]).numpy()
+
+
+def field_accuracy_of_tokens(pred: np.ndarray, tokens: np.ndarray, n_fields: int) -> float:
+    """Mean over fields of the share of known tags predicted right (``tokens`` with ``<start>``)."""
+    true = tokens[:, 1:n_fields + 1]
+    known = true != UNK_ID
+    return float(((pred[:, :n_fields] == true) & known).sum() / max(1, known.sum()))
+
+
+def _run_key(model: nn.Module, config: TaggerConfig, acts: np.ndarray, tokens: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"config": asdict(config), "model": repr(model), "vocab": model.vocab.tokens_,
+                              "acts": list(acts.shape)}, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(tokens).data)
+    digest.update(np.ascontiguousarray(acts[:, :1, :1, :1] if acts.ndim == 4 else acts[:, :1]).data)
+    return digest.hexdigest()[:16]
+
+
+def fit_tagger(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+               config: TaggerConfig, device: torch.device, *, checkpoint: Path | None = None,
+               progress: bool = True) -> pd.DataFrame:
+    """Train a tagger (``IndependentHeads`` or ``CNNLSTMTagger``) on ``(activations, tokens)`` pairs.
+
+    The encoder's pretrained layers learn at ``lr_encoder``, everything new at ``lr_head``
+    (warm-up, then cosine decay). After every epoch the validation tags are predicted
+    (greedy, constrained) and the weights of the epoch with the best mean field accuracy are
+    kept. Returns the history: ``epoch``, ``train_loss``, ``train_accuracy`` (teacher-forced
+    tag accuracy), ``val_accuracy``, ``seconds``. With ``checkpoint``, the state is saved
+    after each epoch and a run with the same data and settings resumes from it.
+    """
+    from tqdm.auto import tqdm
+
+    seed_everything(config.seed)
+    model = model.to(device)
+    train_x, train_tokens = _tensor(train[0]), _tensor(train[1])
+    heads = [name for name, _ in model.named_children() if name != "encoder"]
+    optimizer = torch.optim.AdamW(param_groups(model, heads, config.lr_head, config.lr_encoder, config.weight_decay))
+    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
+    scheduler = warmup_cosine(optimizer, config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"score": -math.inf, "state": None}
+    start_epoch = 0
+    key = _run_key(model, config, train[0], train[1]) if checkpoint is not None else ""
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(Path(checkpoint))
+        if state.get("key") == key:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+            torch.set_rng_state(state["rng"])  # dropout continues as in an uninterrupted run
+    for epoch in range(start_epoch, config.epochs):
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train_x), generator=make_generator(config.seed * 10_000 + epoch))
+        loss_sum, correct, known = 0.0, 0, 0
+        batches = range(0, len(order), config.batch_size)
+        for i in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress):
+            idx = order[i:i + config.batch_size]
+            x, tokens = train_x[idx].to(device).float(), train_tokens[idx].to(device)
+            loss, right = model.loss(x, tokens, config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            mask = tokens[:, 1:-1] != UNK_ID
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((right & mask).sum())
+            known += int(mask.sum())
+        pred = predict_tokens(model, val[0], device)
+        val_accuracy = field_accuracy_of_tokens(pred, val[1], model.vocab.n_fields)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / len(order), "train_accuracy": correct / max(1, known),
+               "val_accuracy": val_accuracy, "lr": optimizer.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - started}
+        history.append(row)
+        if val_accuracy > best["score"]:
+            best = {"score": val_accuracy, "epoch": epoch + 1,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        if progress:
+            print(f"epoch {epoch + 1:>2}/{config.epochs}  loss {row['train_loss']:.3f}  "
+                  f"train tag acc {row['train_accuracy']:.3f}  val tag acc {val_accuracy:.3f}  ({row['seconds']:.1f} s)")
+        if checkpoint is not None:
+            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "history": history, "best": best, "epoch": epoch,
+                         "rng": torch.get_rng_state(), "key": key}, Path(checkpoint))
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    return pd.DataFrame(history)
+
+
+# --------------------------------------------------------------------------- baseline and analysis
+
+
+def handcrafted_tag_svm(train: pd.DataFrame, test: pd.DataFrame, fields: Sequence[str], *, C: float = 10.0,
+                        seed: int = 0, n_jobs: int = 1, cache_dir: Path | None = None) -> pd.DataFrame:
+    """Notebook 02's tag baseline on ``(train, test)``: HOG + LBP + colour features, one SVM per field.
+
+    The descriptors are notebook 02's for clothing photos (96 px; HOG with 16 px cells in 3x3 blocks,
+    LBP at three radii, a L*a*b* colour histogram), fed to :func:`tutorial_lib.features.fit_tag_svm`
+    with square-root class weights. Returns the predicted tags of ``test``, one column per field.
+    """
+    from . import features as F
+    from . import preprocess as pp
+
+    extractor = F.ImageFeatures(
+        [("hog", F.HOG(pixels_per_cell=16, cells_per_block=3)),
+         ("lbp", F.LBPHistogram(scales=((8, 1), (16, 2), (24, 3)), grid=1)),
+         ("colour", F.ColourHistogram(space="lab", bins=(4, 6, 6)))],
+        preprocess=[pp.Resize(96)], size=96, n_jobs=n_jobs, cache_dir=cache_dir)
+    x_train, x_test = extractor.transform(list(train["path"])), extractor.transform(list(test["path"]))
+    tagger = F.fit_tag_svm(x_train, train, list(fields), C=C, class_weight="tempered", random_state=seed,
+                           n_jobs=n_jobs)
+    return tagger.predict(x_test)
+
+
+def combination_rates(predictions: dict[str, pd.DataFrame], reference: pd.DataFrame,
+                      combinations: dict[str, Sequence[str]]) -> pd.DataFrame:
+    """How often each method's tags form a combination that occurs in ``reference`` (the training table).
+
+    A row per method, a column per named combination of fields, e.g. ``{"category path":
+    ["masterCategory", "subCategory", "articleType"]}``: the share of images whose predicted
+    values of those fields appear together in at least one training image. Independent
+    heads can write "Footwear / Topwear / Tshirts"; a decoder that conditions each tag on
+    the previous ones should not.
+    """
+    rows = {}
+    for method, table in predictions.items():
+        row = {}
+        for name, fields in combinations.items():
+            seen = set(map(tuple, reference[list(fields)].astype(str).to_numpy()))
+            row[name] = float(np.mean([tuple(r) in seen for r in table[list(fields)].astype(str).to_numpy()]))
+        rows[method] = row
+    return pd.DataFrame(rows).T
