@@ -119,6 +119,18 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
+    train, val = _toy_problem()
+    kwargs = dict(head_prefixes=["3"], n_classes=3, train_labels=train.tensors[1].numpy(), progress=False)
+    ckpt = tmp_path / "run.pt"
+    tlt.fit(_toy_model(), train, val, tlt.TrainConfig(epochs=2, batch_size=16, seed=0), torch.device("cpu"),
+            checkpoint=ckpt, **kwargs)
+    with pytest.warns(UserWarning, match="different run"):
+        history = tlt.fit(_toy_model(), train, val, tlt.TrainConfig(epochs=3, batch_size=16, seed=0),
+                          torch.device("cpu"), checkpoint=ckpt, **kwargs)
+    assert list(history["epoch"]) == [1, 2, 3]
+
+
 def test_discriminative_learning_rates():
     model = _toy_model()
     groups = tlt.param_groups(model, ["3"], lr_head=1e-2, lr_backbone=1e-4, weight_decay=0.1)
