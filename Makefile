@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED := 1
 # Nothing in the demo or the tests may reach a model hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test notebooks bench clean
+.PHONY: install demo test notebooks clean
 
 install: $(STAMP)
 
@@ -30,9 +30,6 @@ notebooks: install
 			--ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.timeout=1800 \
 			--ExecutePreprocessor.store_widget_state=False "$$nb" || exit 1; \
 	done
-
-bench: install
-	$(PY) benchmarks/run.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run notebooks 03 and 04 in the GPU ("full") profile, unchanged, and collect what they recorded.
-# Used on a borrowed CUDA machine whose Python has torch/torchvision/timm but not this project's
+# Not yet run on a GPU: no machine was lent when it was written (see the closing note of issue 4).
+# Meant for a borrowed CUDA machine whose Python has torch/torchvision/timm but not this project's
 # other packages: those come as wheels in .whl/ (see the README's GPU section).
 #   OUT=/some/folder bash benchmarks/gpu_profile.sh
 set -euo pipefail
