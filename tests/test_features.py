@@ -235,3 +235,12 @@ def test_tag_svm_fits_each_field():
     assert (pred["season"] == "all").all() and set(pred["colour"]) <= {"red", "blue"}
     m = tlf.tag_metrics(tags[60:], pred, ["colour", "kind"])
     assert m["field_accuracy"]["colour"] >= 0.7 and m["field_accuracy"]["kind"] >= 0.5
+
+
+def test_worker_warnings_come_back_once_with_a_count():
+    images = np.zeros((6, 20, 20, 3), np.uint8)  # black: no disc anywhere
+    extractor = tlf.ImageFeatures([("colour", tlf.ColourHistogram())], preprocess=[tlp.FundusCrop(16)], size=16,
+                                  chunk_size=2, n_jobs=2)
+    with pytest.warns(tlp.NoDiscFoundWarning, match="6 of 6 images: No fundus disc found") as caught:
+        extractor.transform(images)
+    assert len([w for w in caught if w.category is tlp.NoDiscFoundWarning]) == 1

@@ -270,6 +270,14 @@ class ImageFeatures(TransformerMixin, BaseEstimator):
         array = self.prepare(image)
         return {name: int(d.describe(array).size) for name, d in self.descriptors}
 
+    def feature_slices(self, image: ImageLike) -> dict[str, slice]:
+        """The columns of each descriptor in the output of :meth:`transform`."""
+        slices, start = {}, 0
+        for name, size in self.feature_sizes(image).items():
+            slices[name] = slice(start, start + size)
+            start += size
+        return slices
+
     def cache_path(self, X: Any) -> Path | None:
         """Where the features of ``X`` are (or would be) cached; ``None`` without ``cache_dir``."""
         if not self.cache_dir:
@@ -309,8 +317,15 @@ class ImageFeatures(TransformerMixin, BaseEstimator):
         descriptors = [d for _, d in self.descriptors]
         jobs = (delayed(_describe_chunk)(chunk, self.preprocess, self.size, descriptors) for chunk in chunks)
         results = Parallel(n_jobs=self.n_jobs, return_as="generator")(jobs)
-        parts = list(tqdm(results, total=len(chunks), desc="features", unit="chunk", leave=False,
-                          disable=len(chunks) < 4))
+        parts, caught = [], {}
+        for rows, chunk_warnings in tqdm(results, total=len(chunks), desc="features", unit="chunk",
+                                         disable=len(chunks) < 4):
+            parts.append(rows)
+            for category, message in chunk_warnings:
+                count, first = caught.get(category, (0, message))
+                caught[category] = (count + 1, first)
+        for category, (count, first) in caught.items():  # one warning per kind, in this process, with a count
+            warnings.warn(f"{count} of {len(items)} images: {first}", category, stacklevel=3)
         return np.concatenate(parts).astype(np.float32)
 
 
@@ -336,12 +351,15 @@ def _prepare(image: ImageLike, preprocess: Any, size: int | None) -> np.ndarray:
 
 
 def _describe_chunk(chunk: Sequence[ImageLike], preprocess: Any, size: int | None,
-                    descriptors: Sequence[ImageDescriptor]) -> np.ndarray:
+                    descriptors: Sequence[ImageDescriptor]) -> tuple[np.ndarray, list[tuple[type, str]]]:
+    """Feature rows of a chunk of images, and the warnings raised (worker processes cannot show them)."""
     rows = []
-    for image in chunk:
-        array = _prepare(image, preprocess, size)
-        rows.append(np.concatenate([d.describe(array) for d in descriptors]))
-    return np.stack(rows).astype(np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for image in chunk:
+            array = _prepare(image, preprocess, size)
+            rows.append(np.concatenate([d.describe(array) for d in descriptors]))
+    return np.stack(rows).astype(np.float32), [(w.category, str(w.message)) for w in caught]
 
 
 def _canonical(value: Any) -> Any:
@@ -391,6 +409,7 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, array)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is for everyone who runs the notebooks
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -440,7 +459,7 @@ def svm_pipeline(*, class_weight: Any = None, random_state: int = 0):
     from sklearn.svm import SVC
 
     return Pipeline([("scale", StandardScaler()),
-                     ("svc", SVC(kernel="rbf", class_weight=class_weight, cache_size=500, random_state=random_state))])
+                     ("svc", SVC(kernel="rbf", class_weight=class_weight, random_state=random_state))])
 
 
 def tune_svm(X: np.ndarray, y: np.ndarray, param_grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
@@ -463,6 +482,31 @@ def tune_svm(X: np.ndarray, y: np.ndarray, param_grid: Mapping[str, Sequence[Any
     search = GridSearchCV(svm_pipeline(random_state=random_state), param_grid, scoring=scoring, cv=cv,
                           n_jobs=n_jobs, refit=True, return_train_score=False, error_score="raise")
     return search.fit(X, y, groups=groups)
+
+
+def compare_feature_sets(X: np.ndarray, y: np.ndarray, slices: Mapping[str, slice],
+                         candidates: Mapping[str, Sequence[str]], *, scoring: Mapping[str, Any],
+                         n_splits: int = 5, random_state: int = 0, n_jobs: int = 1, **svm_options: Any) -> pd.DataFrame:
+    """Cross-validate :func:`svm_pipeline` on several subsets of the descriptors (columns ``slices``).
+
+    ``candidates`` maps a label to descriptor names. Returns one row per candidate with the mean
+    and standard deviation over the folds of every metric in ``scoring``: which descriptors help
+    is a question for cross-validation on the training data, not for the test split.
+    """
+    from sklearn.model_selection import StratifiedKFold, cross_validate
+
+    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    rows = {}
+    for label, names in candidates.items():
+        columns = np.concatenate([np.arange(X.shape[1])[slices[n]] for n in names])
+        scores = cross_validate(svm_pipeline(random_state=random_state, **svm_options), X[:, columns], y, cv=cv,
+                                scoring=dict(scoring), n_jobs=n_jobs)
+        row: dict[str, Any] = {"features": len(columns)}
+        for metric in scoring:
+            row[f"{metric} mean"] = scores[f"test_{metric}"].mean()
+            row[f"{metric} std"] = scores[f"test_{metric}"].std()
+        rows[label] = row
+    return pd.DataFrame(rows).T.astype({"features": int})
 
 
 def _short(value: Any) -> Any:
@@ -560,7 +604,7 @@ def _fit_field(Z: np.ndarray, values: np.ndarray, C: float, gamma: Any, class_we
     if len(set(values[known])) < 2:
         return DummyClassifier(strategy="most_frequent").fit(Z[known], values[known])
     weights = tempered_class_weight(values[known]) if class_weight == "tempered" else class_weight
-    return SVC(C=C, gamma=gamma, class_weight=weights, cache_size=500, random_state=random_state).fit(
+    return SVC(C=C, gamma=gamma, class_weight=weights, random_state=random_state).fit(
         Z[known], values[known])
 
 
@@ -632,3 +676,49 @@ def local_contrast_image(image: ImageLike, sigma_fraction: float = 1 / 30) -> np
 
     green = _as_array(image)[..., 1].astype(np.float64)
     return green - gaussian(green, sigma=sigma_fraction * min(green.shape) / 2, preserve_range=True, mode="nearest")
+
+
+# --------------------------------------------------------------------------- one-call baseline for notebooks 03/04
+
+
+def svm_baseline(data, *, task: str, seed: int = 0, quick: bool = False, n_jobs: int = 2,
+                 cache_dir: str | Path | None = None):
+    """Notebook 02's classical pipeline in one call, for any classification dataset (e.g. your ``DATA_DIR``).
+
+    The descriptors notebook 02 uses for the task (``"dr"``: fundus crop, HOG, LBP, colour and
+    lesion statistics; otherwise: HOG, LBP and colour on a 96 px resize), a stratified grid search
+    of ``Pipeline(StandardScaler, SVC)`` on train + validation, and the test-split metrics.
+    Returns a namespace with ``metrics``, ``predicted`` (test split) and ``search``.
+    """
+    import warnings
+    from types import SimpleNamespace
+
+    from . import preprocess as pp
+    from .metrics import classification_metrics
+
+    ordinal = task == "dr"
+    descriptors = [("hog", HOG(pixels_per_cell=16, cells_per_block=3))]
+    if ordinal:
+        descriptors += [("lbp", LBPHistogram(scales=((8, 1), (16, 2)), grid=2)),
+                        ("colour", ColourHistogram(space="lab", bins=(4, 6, 6), region="disc")),
+                        ("lesions", FundusLesionStats())]
+        preprocess = [pp.FundusCrop(96)]
+    else:
+        descriptors += [("lbp", LBPHistogram(scales=((8, 1), (16, 2), (24, 3)), grid=1)),
+                        ("colour", ColourHistogram(space="lab", bins=(4, 6, 6)))]
+        preprocess = [pp.Resize(96)]
+    extractor = ImageFeatures(descriptors, preprocess=preprocess, size=96, n_jobs=n_jobs, cache_dir=cache_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", pp.NoDiscFoundWarning)
+        X_dev, y_dev, _ = stack_features(extractor, [data.train, data.val])
+        X_test = extractor.transform(data.test)
+    n_features = X_dev.shape[1]
+    grid = {"svc__C": [1.0] if quick else [0.3, 1.0, 3.0, 10.0],
+            "svc__gamma": [1 / n_features] if quick else [0.5 / n_features, 1 / n_features, 2 / n_features],
+            "svc__class_weight": ["balanced"] if quick else [None, tempered_class_weight(y_dev), "balanced"]}
+    scoring = quadratic_kappa_scorer() if ordinal else "accuracy"
+    search = tune_svm(X_dev, y_dev, grid, scoring=scoring, n_splits=2 if quick else 5, random_state=seed,
+                      n_jobs=n_jobs)
+    predicted = search.best_estimator_.predict(X_test)
+    metrics = classification_metrics(data.test.labels, predicted, ordinal=ordinal)
+    return SimpleNamespace(metrics=metrics, predicted=predicted, search=search)

@@ -100,10 +100,11 @@ class Disc:
 
 def find_disc(image: Image.Image | np.ndarray, *, threshold: float = 0.1, work_size: int = 256,
               min_area: float = 0.05, min_iou: float = 0.85) -> Disc | None:
-    """Find the bright fundus disc on its dark surround; ``None`` when there is none.
+    """Find the fundus disc on its (usually black) surround; ``None`` when there is none.
 
-    The image is shrunk to ``work_size`` px, thresholded at ``threshold`` x its 99th-percentile
-    brightness (the largest connected region, holes filled, is the disc), and a circle is
+    The image is shrunk to ``work_size`` px; the surround's colour is read in the corners
+    (outside any round disc) and pixels that differ from it by more than ``threshold`` x the
+    99th-percentile difference form the disc (the largest connected region, holes filled). A circle is
     fitted with RANSAC to the region's edge *away from the image frame*, so a disc clipped at
     the top and bottom (common in EyePACS) still gets its true radius. The fit is accepted
     only if the circle overlaps the region well (intersection over union >= ``min_iou``)
@@ -117,14 +118,17 @@ def find_disc(image: Image.Image | np.ndarray, *, threshold: float = 0.1, work_s
     scale = min(1.0, work_size / max(width, height))
     small = rgb.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR) \
         if scale < 1 else rgb
-    grey = np.asarray(small, dtype=np.float32).max(axis=2)
-    h, w = grey.shape
+    array = np.asarray(small, dtype=np.float32)
+    h, w = array.shape[:2]
     if min(h, w) < 8:
         return None
-    bright = float(np.percentile(grey, 99))
-    if bright <= 0:
+    k = max(1, min(h, w) // 10)  # the corners lie outside a round disc: their colour is the surround's
+    corners = np.concatenate([array[:k, :k], array[:k, -k:], array[-k:, :k], array[-k:, -k:]]).reshape(-1, 3)
+    contrast = np.abs(array - np.median(corners, axis=0)).max(axis=2)  # brightness, on the usual black surround
+    top = float(np.percentile(contrast, 99))
+    if top <= 0:
         return None
-    regions = label(grey > threshold * bright, connectivity=2)
+    regions = label(contrast > threshold * top, connectivity=2)
     if regions.max() == 0:
         return None
     disc = ndi.binary_fill_holes(regions == np.argmax(np.bincount(regions.ravel())[1:]) + 1)
