@@ -455,7 +455,7 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset, config: TrainC
     if state is not None and state.get("run_key") != run_key:
         import warnings
 
-        warnings.warn(f"{checkpoint} is from a different run (other settings or data): starting afresh.",
+        warnings.warn(f"{Path(checkpoint).name} is from a different run (other settings or data): starting afresh.",
                       stacklevel=2)
         state = None
     if state is not None:
