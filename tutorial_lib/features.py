@@ -237,21 +237,23 @@ class ImageFeatures(TransformerMixin, BaseEstimator):
     sequence of callables applied in order) from :mod:`tutorial_lib.preprocess`, then the
     image is resized to ``size`` x ``size`` if it is not already. Images run in chunks on
     ``n_jobs`` processes. With ``cache_dir`` set, the matrix is stored as ``.npy`` under a key
-    made of the images' content, every parameter here (``n_jobs`` and ``cache_dir`` excepted)
+    made of the images' content, every parameter that changes the result (not ``n_jobs``,
+    ``cache_dir``, ``chunk_size`` or ``progress``)
     and the library versions: the same request is read back, any change recomputes.
     ``transform`` accepts a :class:`~tutorial_lib.data.ImageSplit`, a ``(N, H, W, C)`` array
-    or a list of PIL images or paths.
+    or a list of PIL images or paths. ``progress`` shows a ``tqdm.auto`` bar while extracting.
     """
 
     def __init__(self, descriptors: Sequence[tuple[str, ImageDescriptor]], preprocess: Any = None,
                  size: int | None = 96, n_jobs: int = 1, cache_dir: str | Path | None = None,
-                 chunk_size: int = 64) -> None:
+                 chunk_size: int = 64, progress: bool = True) -> None:
         self.descriptors = descriptors
         self.preprocess = preprocess
         self.size = size
         self.n_jobs = n_jobs
         self.cache_dir = cache_dir
         self.chunk_size = chunk_size
+        self.progress = progress
 
     def fit(self, X: Any, y: Any = None) -> "ImageFeatures":
         return self
@@ -291,7 +293,7 @@ class ImageFeatures(TransformerMixin, BaseEstimator):
 
         from . import __version__
 
-        params = {k: v for k, v in self.get_params(deep=False).items() if k not in ("n_jobs", "cache_dir", "chunk_size")}
+        params = {k: v for k, v in self.get_params(deep=False).items() if k not in ("n_jobs", "cache_dir", "chunk_size", "progress")}
         digest = hashlib.sha256()
         digest.update(repr((FEATURES_VERSION, __version__, skimage.__version__, PIL.__version__, np.__version__,
                             _canonical(params))).encode())
@@ -319,7 +321,7 @@ class ImageFeatures(TransformerMixin, BaseEstimator):
         results = Parallel(n_jobs=self.n_jobs, return_as="generator")(jobs)
         parts, caught = [], {}
         for rows, chunk_warnings in tqdm(results, total=len(chunks), desc="features", unit="chunk",
-                                         disable=len(chunks) < 4):
+                                         disable=not self.progress or len(chunks) < 4):
             parts.append(rows)
             for category, message in chunk_warnings:
                 count, first = caught.get(category, (0, message))
