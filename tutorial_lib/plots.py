@@ -106,6 +106,73 @@ def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, title: str, 
     return fig
 
 
+def training_curves(history: pd.DataFrame, *, title: str) -> plt.Figure:
+    """Loss and accuracy per epoch from a training history (:func:`tutorial_lib.train.fit`)."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.2))
+    ax_loss.plot(history["epoch"], history["train_loss"], marker=".", label="train")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title("training loss")
+    ax_acc.plot(history["epoch"], history["train_accuracy"], marker=".", label="train")
+    ax_acc.plot(history["epoch"], history["val_accuracy"], marker=".", label="validation")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_title("accuracy")
+    ax_acc.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def prediction_grid(split, predicted: np.ndarray, classes: Sequence[str], *, n: int = 16, seed: int = 0,
+                    title: str = "test images: predicted (true)") -> plt.Figure:
+    """Random images with predicted and true class; wrong predictions in red."""
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(split), size=min(n, len(split)), replace=False)
+    fig = image_grid([split.image(int(i)) for i in idx],
+                     [f"{classes[predicted[i]]}\n({classes[split.labels[i]]})" for i in idx],
+                     ncols=8, size=1.7, suptitle=title)
+    for ax, i in zip(fig.axes, idx):
+        ax.title.set_color("tab:green" if predicted[i] == split.labels[i] else "tab:red")
+    return fig
+
+
+def heatmap_overlays(images: Sequence[Image.Image], heatmaps: Sequence[np.ndarray], titles: Sequence[str], *,
+                     suptitle: str, ncols: int = 4) -> plt.Figure:
+    """Images with a heat map (e.g. Grad-CAM, values in [0, 1]) laid over them."""
+    nrows = max(1, int(np.ceil(len(images) / ncols)))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 2.5 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, cam, title in zip(axes.flat, images, heatmaps, titles):
+        ax.imshow(img)
+        ax.imshow(np.asarray(Image.fromarray(np.uint8(cam * 255)).resize(img.size, Image.BILINEAR)) / 255.0,
+                  cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        ax.set_title(title, fontsize=8)
+    fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def method_comparison(table: pd.DataFrame, metric: str, *, title: str, reference: dict[str, float] | None = None
+                      ) -> plt.Figure:
+    """Bars of one metric per method (rows of ``table``), with optional reference lines (e.g. the talk's)."""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.4))
+    values = table[metric]
+    ax.barh(values.index[::-1], values.values[::-1], color="tab:blue")
+    for y, v in enumerate(values.values[::-1]):
+        ax.text(v + 0.005, y, f"{v:.3f}", va="center", fontsize=8)
+    for i, (label, value) in enumerate((reference or {}).items()):
+        ax.axvline(value, color=f"C{i + 1}", linestyle="--", label=label)
+    if reference:
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel(metric)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------- preprocessing and features (01, 02)
 
 
@@ -176,5 +243,32 @@ def grid_search_heatmap(search, x: str, y: str, *, title: str) -> plt.Figure:
     ax.set_xlabel(x.split("__")[-1])
     ax.set_ylabel(y.split("__")[-1])
     ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- tags (05)
+
+
+def tag_grid(images: Sequence[Image.Image | np.ndarray], true: pd.DataFrame, predicted: pd.DataFrame,
+             fields: Sequence[str], *, ncols: int = 5, size: float = 2.4, suptitle: str | None = None) -> plt.Figure:
+    """Images with their generated tags underneath, one line per field: green when right, red with the true tag
+    in brackets when wrong, grey when the true tag is unknown (blank)."""
+    n = len(images)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    line = 0.105 * size / 2.4  # figure-independent height of one text line, in axes units
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.2 * len(fields) + 0.1) * nrows
+                                                    + (0.4 if suptitle else 0)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (ax, img) in enumerate(zip(axes.flat, images)):
+        ax.imshow(img)
+        for j, field in enumerate(fields):
+            t, p = str(true[field].iloc[i]), str(predicted[field].iloc[i])
+            colour = "grey" if t == "" else "tab:green" if t == p else "tab:red"
+            text = f"{field}: {p}" + ("" if t in ("", p) else f" ({t})")
+            ax.text(0.0, -0.04 - j * line, text, transform=ax.transAxes, fontsize=7, color=colour, va="top")
+    if suptitle:
+        fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
