@@ -180,6 +180,11 @@ def test_tune_svm_with_groups_keeps_views_together():
     search = tlf.tune_svm(X2, y2, {"svc__C": [0.1, 1.0]}, groups=groups, n_splits=3)
     for train, test in search.cv.split(X2, y2, groups):
         assert not set(groups[train]) & set(groups[test])
+    originals = np.arange(120) < 60
+    scored_on_originals = tlf.tune_svm(X2, y2, {"svc__C": [1.0]}, groups=groups, validate_on=originals, n_splits=3)
+    for train, test in scored_on_originals.cv:
+        assert originals[test].all() and not set(groups[train]) & set(groups[test])
+        assert len(test) == len(set(groups[test]))
     table = tlf.cv_table(search)
     assert list(table.columns[:1]) == ["C"] and len(table) == 2 and search.best_score_ > 0.8
     scorer = tlf.quadratic_kappa_scorer()

@@ -465,15 +465,17 @@ def svm_pipeline(*, class_weight: Any = None, random_state: int = 0):
 
 
 def tune_svm(X: np.ndarray, y: np.ndarray, param_grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]], *,
-             groups: np.ndarray | None = None, scoring: Any = "accuracy", n_splits: int = 5, random_state: int = 0,
-             n_jobs: int = 1):
+             groups: np.ndarray | None = None, validate_on: np.ndarray | None = None, scoring: Any = "accuracy",
+             n_splits: int = 5, random_state: int = 0, n_jobs: int = 1):
     """Grid-search :func:`svm_pipeline` with stratified ``n_splits``-fold cross-validation on ``(X, y)``.
 
     Parameter names address the pipeline's steps (``svc__C``, ``svc__gamma``, ``svc__class_weight``).
     With ``groups`` (from :func:`stack_features` with several views) the folds are stratified
-    *and* grouped, so no image has a view on both sides of a split. Returns the fitted
-    ``GridSearchCV``, whose ``best_estimator_`` is refitted on all of ``(X, y)``. Pass only
-    training data: the test split is for the final numbers.
+    *and* grouped, so no image has a view on both sides of a split; ``validate_on`` (a boolean
+    mask, e.g. the original views) keeps only those rows in the validation folds, so they are
+    scored like the test split, which has no mirror images. Returns the fitted ``GridSearchCV``,
+    whose ``best_estimator_`` is refitted on all of ``(X, y)``. Pass only training data: the
+    test split is for the final numbers.
     """
     from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 
@@ -481,6 +483,9 @@ def tune_svm(X: np.ndarray, y: np.ndarray, param_grid: Mapping[str, Sequence[Any
         cv: Any = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
     else:
         cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    if validate_on is not None:
+        keep = np.asarray(validate_on, dtype=bool)
+        cv = [(train, test[keep[test]]) for train, test in cv.split(X, y, groups)]
     search = GridSearchCV(svm_pipeline(random_state=random_state), param_grid, scoring=scoring, cv=cv,
                           n_jobs=n_jobs, refit=True, return_train_score=False, error_score="raise")
     return search.fit(X, y, groups=groups)
