@@ -249,3 +249,15 @@ def test_worker_warnings_come_back_once_with_a_count():
     with pytest.warns(tlp.NoDiscFoundWarning, match="6 of 6 images: No fundus disc found") as caught:
         extractor.transform(images)
     assert len([w for w in caught if w.category is tlp.NoDiscFoundWarning]) == 1
+
+
+def test_features_of_images_of_any_mode_and_size(tmp_path):
+    path = tmp_path / "scan.png"
+    Image.fromarray((np.arange(1200).reshape(30, 40) * 50).astype(np.uint16)).save(path)  # 16-bit greyscale
+    images = [Image.new("CMYK", (50, 30)), Image.new("RGBA", (5, 5)), np.zeros((10, 10), np.uint16), path,
+              Image.new("P", (300, 7)), Image.new("1", (1, 1))]
+    extractor = tlf.ImageFeatures([("hog", tlf.HOG(pixels_per_cell=16)), ("lbp", tlf.LBPHistogram()),
+                                   ("colour", tlf.ColourHistogram()), ("lesions", tlf.FundusLesionStats())],
+                                  preprocess=[tlp.ResizePad(32)], size=32)
+    X = extractor.transform(images)
+    assert X.shape[0] == len(images) and np.isfinite(X).all()
