@@ -256,19 +256,22 @@ def tag_grid(images: Sequence[Image.Image | np.ndarray], true: pd.DataFrame, pre
     in brackets when wrong, grey when the true tag is unknown (blank)."""
     n = len(images)
     nrows = max(1, int(np.ceil(n / ncols)))
-    line = 0.105 * size / 2.4  # figure-independent height of one text line, in axes units
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.2 * len(fields) + 0.1) * nrows
-                                                    + (0.4 if suptitle else 0)), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, (ax, img) in enumerate(zip(axes.flat, images)):
+    text_height = 0.17 * len(fields)  # inches for the tag lines under each image
+    fig = plt.figure(figsize=(size * ncols, (size + text_height) * nrows + (0.4 if suptitle else 0)))
+    grid = fig.add_gridspec(2 * nrows, ncols, height_ratios=[size, text_height] * nrows, hspace=0.04, wspace=0.08)
+    for i, img in enumerate(images):
+        row, col = divmod(i, ncols)
+        ax = fig.add_subplot(grid[2 * row, col])
         ax.imshow(img)
+        ax.axis("off")
+        text_ax = fig.add_subplot(grid[2 * row + 1, col])
+        text_ax.axis("off")
         for j, field in enumerate(fields):
             t, p = str(true[field].iloc[i]), str(predicted[field].iloc[i])
             colour = "grey" if t == "" else "tab:green" if t == p else "tab:red"
             text = f"{field}: {p}" + ("" if t in ("", p) else f" ({t})")
-            ax.text(0.0, -0.04 - j * line, text, transform=ax.transAxes, fontsize=7, color=colour, va="top")
+            text_ax.text(0.0, 1.0 - j / len(fields), text, transform=text_ax.transAxes, fontsize=7, color=colour,
+                         va="top")
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     return fig
