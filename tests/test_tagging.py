@@ -254,3 +254,27 @@ def test_tag_grid_draws_tags_under_images():
         fig = tag_grid([np.zeros((8, 8, 3), dtype=np.uint8)] * 3, table, predicted, FIELDS, ncols=3)
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert len(texts) == 3 * len(FIELDS) and any(t.startswith("baseColour: Black") for t in texts)
+
+
+def test_a_catalogue_folder_with_a_missing_image_and_a_blank_tag(tmp_path):
+    """DATA_DIR in notebook 05: images/ plus one CSV; bad rows are warned about, counted, and never crash."""
+    import shutil
+
+    from tutorial_lib.data import load_tag_dataset
+
+    embedded = load_tag_dataset("fashion").table.iloc[:6]
+    (tmp_path / "images").mkdir()
+    for path in embedded["path"]:
+        shutil.copy(path, tmp_path / "images" / path.name)
+    rows = embedded.drop(columns="path").copy()
+    rows.loc[rows.index[1], "baseColour"] = ""
+    rows = pd.concat([rows, rows.iloc[[0]].assign(id="99999999")])  # listed, but no image
+    rows.to_csv(tmp_path / "styles.csv", index=False)
+    with pytest.warns(UserWarning, match="no image"):
+        catalogue = load_tag_dataset(tmp_path)
+    assert len(catalogue) == 6 and catalogue.dropped == {"image missing": 1}
+    fields = tg.tag_order(catalogue.fields)
+    vocab = tg.TagVocabulary(fields, min_count=1).fit(catalogue.table)
+    with pytest.warns(UserWarning, match="1 blank"):
+        ids, counts = vocab.encode(catalogue.table)
+    assert counts["blank"] == 1 and ids.shape == (6, len(fields) + 2)
