@@ -199,25 +199,48 @@ def fetch(name: str, *, download: bool = True) -> list[Path]:
             f"{name!r} cannot be downloaded automatically ({info.licence}).\n"
             + info.manual_steps.replace("<cache>", str(cache_dir())))
     paths = []
+    _remove_stale_partials(target)
     for remote in info.files:
         local = target / remote.name
+        refused = ""
         if local.exists():
-            if not _hash_matches(local, remote.known_hash):
-                raise ChecksumError(
-                    f"{local} does not match its registered checksum {remote.known_hash}; it was not used. "
-                    f"Delete it and download it again from {remote.url}")
-            paths.append(local)
-            continue
+            if _hash_matches(local, remote.known_hash):
+                paths.append(local)
+                continue
+            refused = f"{local} does not match its registered checksum {remote.known_hash}"
+            if not download:
+                raise ChecksumError(f"{refused}; it was not used. Delete it and download it again from {remote.url}")
+            warnings.warn(f"{refused} (a damaged or partial copy): removed it and downloading it again.",
+                          stacklevel=2)
+            local.unlink()
         if not download:
             raise DataUnavailableError(_missing_message(remote, local))
         try:
+            # pooch downloads to a temporary file and renames it only once the hash matches
             paths.append(Path(pooch.retrieve(remote.url, known_hash=remote.known_hash, fname=remote.name,
                                               path=target, progressbar=True)))
         except ValueError as err:  # pooch: hash mismatch after download (the bad file is removed)
             raise ChecksumError(f"Download of {remote.url} did not match {remote.known_hash}: {err}") from err
         except Exception as err:  # network errors come in many types (requests, urllib, OSError)
-            raise DataUnavailableError(_missing_message(remote, local) + f"\n(download error: {err})") from err
+            message = _missing_message(remote, local) + f"\n(download error: {err})"
+            if refused:  # the damaged copy is gone, the fresh one did not come
+                raise ChecksumError(f"{refused}; it was removed, and downloading it again failed.\n{message}") from err
+            raise DataUnavailableError(message) from err
     return paths
+
+
+def _remove_stale_partials(folder: Path, older_than_s: float = 600.0) -> None:
+    """Delete pooch's temporary files (``tmp*``) left by a killed download; a live download keeps its file fresh."""
+    import time
+
+    if not folder.is_dir():
+        return
+    for leftover in folder.glob("tmp*"):
+        try:
+            if leftover.is_file() and time.time() - leftover.stat().st_mtime > older_than_s:
+                leftover.unlink()
+        except OSError:
+            pass  # another process removed or renamed it first
 
 
 def _missing_message(remote: RemoteFile, local: Path) -> str:
@@ -232,6 +255,54 @@ def _registry_entry(name: str) -> DatasetInfo:
         raise DataError(f"Unknown dataset {name!r}. Registered: {', '.join(REGISTRY)}; "
                         "or pass the path of your own folder or CSV manifest.")
     return REGISTRY[name]
+
+
+class UnsafeArchiveError(DataError):
+    """An archive member would land outside the destination folder (path traversal) or is a link or device."""
+
+
+def extract_archive(archive: str | Path, destination: str | Path) -> Path:
+    """Extract a ``.zip`` or ``.tar[.gz|.bz2|.xz]`` into ``destination`` safely; return ``destination``.
+
+    Every member is checked first: an absolute path, a ``..`` that climbs out of
+    ``destination``, a link or a device file refuses the whole archive with
+    :class:`UnsafeArchiveError` naming the member, and nothing is written. Use it
+    instead of ``unzip`` on archives downloaded from the web (e.g. Kaggle's).
+    """
+    import tarfile
+
+    archive, destination = Path(archive), Path(destination)
+    root = destination.resolve()
+
+    def check(name: str) -> None:
+        target = (root / name).resolve()
+        if Path(name).is_absolute() or name.startswith(("/", "\\")) or not target.is_relative_to(root):
+            raise UnsafeArchiveError(f"{archive}: member {name!r} would be written outside {destination} "
+                                     "(path traversal); nothing was extracted. Do not use this archive.")
+
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                check(info.filename)
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:  # a symbolic link stored in the zip
+                    raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a symbolic link; "
+                                             "nothing was extracted.")
+            destination.mkdir(parents=True, exist_ok=True)
+            zf.extractall(destination)
+        return destination
+    try:
+        tf = tarfile.open(archive)
+    except (tarfile.TarError, OSError) as err:
+        raise DataError(f"{archive} is neither a zip nor a tar archive ({err}); download it again.") from err
+    with tf:
+        for member in tf.getmembers():
+            check(member.name)
+            if not (member.isfile() or member.isdir()):
+                raise UnsafeArchiveError(f"{archive}: member {member.name!r} is a link or special file; "
+                                         "nothing was extracted.")
+        destination.mkdir(parents=True, exist_ok=True)
+        tf.extractall(destination, filter="data")  # the standard library's own guard as well
+    return destination
 
 
 # --------------------------------------------------------------------------- manifest checks
@@ -289,14 +360,30 @@ def verify_embedded(prefix: str, data_dir: Path | None = None) -> list[Path]:
 # --------------------------------------------------------------------------- images
 
 
+_BOMB_FIX = ("if you trust the file, raise the limit before loading (PIL.Image.MAX_IMAGE_PIXELS = None), "
+             "or better, save a downscaled copy (a CNN sees a few hundred pixels a side anyway)")
+
+
 def open_image(path: str | Path) -> Image.Image:
     """Open any image file as an 8-bit RGB PIL image, upright (EXIF rotation applied).
 
     Handles greyscale, palette, alpha (composited on white), CMYK and 16-bit images.
+    A file that is missing, not an image, damaged or decompression-bomb sized raises
+    :class:`DataError` naming the file and the fix, not an error from inside PIL.
     """
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        return to_rgb(img)
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except FileNotFoundError as err:
+        raise DataError(f"{path} does not exist (moved or deleted since the dataset was listed?). "
+                        "Reload the dataset, or restore the file.") from err
+    except Image.DecompressionBombError as err:
+        raise DataError(f"{path} is too large to decode safely ({err}). Fix: {_BOMB_FIX}.") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path} is not a readable image ({type(err).__name__}: {err}). "
+                        "Fix: re-export or replace the file, or remove it from the dataset "
+                        "(load_dataset skips such files when check_images=True).") from err
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -321,7 +408,9 @@ def check_image_file(path: Path) -> str | None:
         with Image.open(path) as img:
             img.draft("RGB", (64, 64))  # JPEG: decode at reduced size, still reads all the data
             img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        return f"too large to decode safely ({err}); {_BOMB_FIX}"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         return f"not a readable image ({type(err).__name__}: {err})"
     return None
 
@@ -446,22 +535,34 @@ def load_retinamnist(path: Path | None = None) -> ClassificationData:
     """The embedded RetinaMNIST (or another MedMNIST-style ``.npz`` with the same keys)."""
     if path is None:
         path = verify_embedded("retinamnist/")[0]
+    fix = "re-download it (fetch) or restore it with `git checkout -- data/`"
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not hasattr(loaded, "files"):  # a single .npy array under an .npz name
+            raise ValueError("it holds one array, not named arrays")
+        with loaded as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{path} is not a readable .npz file ({err}); re-download it or restore it from git.") from err
+        raise DataError(f"{path} is not a readable .npz file ({type(err).__name__}: {err}); {fix}.") from err
     splits = {}
+    n_classes = 5
     for split in ("train", "val", "test"):
         try:
-            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"].reshape(-1).astype(np.int64)
+            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"].reshape(-1)
         except KeyError as err:
             raise DataError(f"{path} lacks the key {err.args[0]!r}; a MedMNIST file has "
-                            "train/val/test _images and _labels.") from err
+                            f"train/val/test _images and _labels (this one has {sorted(arrays)}).") from err
+        if images.ndim not in (3, 4) or images.dtype != np.uint8 or len(images) != len(labels):
+            raise DataError(f"{path}: {split}_images has shape {images.shape} ({images.dtype}) for "
+                            f"{len(labels)} labels; expected uint8 (N, H, W[, 3]) with N = {len(labels)}. {fix}.")
+        if labels.size and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0
+                            or labels.max() >= n_classes):
+            raise DataError(f"{path}: {split}_labels must be integer grades 0-{n_classes - 1}; found values "
+                            f"{np.unique(labels)[:10].tolist()}. {fix}.")
         if images.ndim == 3:  # greyscale MedMNIST sets
             images = np.repeat(images[..., None], 3, axis=-1)
-        splits[split] = ImageSplit(images, labels)
-    classes = [f"grade {g}" for g in range(5)]
+        splits[split] = ImageSplit(images, labels.astype(np.int64))
+    classes = [f"grade {g}" for g in range(n_classes)]
     return ClassificationData("retinamnist", classes, splits["train"], splits["val"], splits["test"],
                               info=REGISTRY["retinamnist"])
 
@@ -541,7 +642,7 @@ def load_image_folder(root: str | Path, *, seed: int = 0, val_fraction: float = 
             skipped += skip
             scanned[split] = _drop_unreadable(files, labels, skipped, check_images)
         _warn_skipped(skipped)
-        classes = sorted(set(scanned["train"][1]))
+        classes = sort_classes(scanned["train"][1])
         _check_classes(classes, {s: labels for s, (_, labels) in scanned.items()}, root)
         index = {c: i for i, c in enumerate(classes)}
         splits = {s: ImageSplit(files, np.array([index[c] for c in labels], dtype=np.int64))
@@ -557,6 +658,18 @@ def load_image_folder(root: str | Path, *, seed: int = 0, val_fraction: float = 
     files, labels = _drop_unreadable(files, labels, skipped, check_images)
     _warn_skipped(skipped)
     return _split_seeded(root.name, files, labels, seed, val_fraction, test_fraction)
+
+
+def sort_classes(names: set[str] | Sequence[str]) -> list[str]:
+    """Class names in a stable order: numerically when all are integers (``"2"`` before ``"10"``), else by text.
+
+    The order is the class index, and ordinal code (DR grades) relies on it.
+    """
+    names = sorted(set(names))
+    try:
+        return sorted(names, key=int)
+    except ValueError:
+        return names
 
 
 def _check_classes(train_classes: list[str], labels_by_split: dict[str, list[str]], source: Path) -> None:
@@ -583,8 +696,9 @@ def _stratified_split(indices: np.ndarray, y: np.ndarray, fraction: float, seed:
 def _split_seeded(name: str, files: list, labels: Sequence[str], seed: int, val_fraction: float,
                   test_fraction: float) -> ClassificationData:
     if not files:
-        raise DataError(f"{name}: no usable images were found.")
-    classes = sorted(set(labels))
+        raise DataError(f"{name}: no usable images were found (see the warning above for skipped files). "
+                        "Add images, or check the folder or the CSV's image column.")
+    classes = sort_classes(labels)
     if len(classes) < 2:
         raise DataError(f"{name}: found only the class {classes}; a classifier needs at least 2 classes.")
     index = {c: i for i, c in enumerate(classes)}
@@ -604,11 +718,15 @@ def _split_seeded(name: str, files: list, labels: Sequence[str], seed: int, val_
 
 def _read_csv(path: Path) -> pd.DataFrame:
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise DataError(f"{path} could not be read as CSV ({err}).") from err
+        # utf-8-sig: spreadsheet programs start UTF-8 CSV files with a byte-order mark
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError as err:
+        raise DataError(f"{path} is empty. A manifest needs a header row and one row per image.") from err
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} could not be read as CSV ({type(err).__name__}: {err}). "
+                        "Fix: save it as comma-separated UTF-8 text (spreadsheet: 'CSV UTF-8').") from err
     if table.empty:
-        raise DataError(f"{path} has no rows.")
+        raise DataError(f"{path} has a header but no rows. Add one row per image.")
     table.columns = [c.strip() for c in table.columns]
     return table
 
@@ -659,10 +777,11 @@ def load_csv_manifest(path: str | Path, *, image_column: str | None = None, labe
     if not conflicting.empty:
         raise DataError(f"{path}: image(s) listed more than once with different labels, e.g. "
                         f"{conflicting[column].iloc[0]!r}. Keep one row per image.")
-    blank = table.index[table[label_column].str.strip() == ""].tolist()
-    if blank:
-        raise DataError(f"{path}: blank {label_column!r} in data row(s) {[i + 1 for i in blank[:10]]}. "
-                        "Fill them in or delete those rows.")
+    for name in (column, label_column):
+        blank = table.index[table[name].str.strip() == ""].tolist()
+        if blank:
+            raise DataError(f"{path}: blank {name!r} in data row(s) {[i + 1 for i in blank[:10]]}. "
+                            "Fill them in or delete those rows.")
     labels = table[label_column].str.strip().tolist()
     if classes is not None:
         unknown = sorted(set(labels) - set(classes))
@@ -689,7 +808,7 @@ def load_csv_manifest(path: str | Path, *, image_column: str | None = None, labe
         rows = [i for i, s in enumerate(split_values) if aliases[s] == split]
         by_split[split] = _drop_unreadable([files[i] for i in rows], [labels[i] for i in rows], missing, check_images)
     _warn_skipped(missing)
-    known = sorted(set(by_split["train"][1]))
+    known = sort_classes(by_split["train"][1])
     _check_classes(known, {s: labels for s, (_, labels) in by_split.items()}, path)
     index = {c: i for i, c in enumerate(known)}
     splits = {s: ImageSplit(f, np.array([index[c] for c in labels], dtype=np.int64))
