@@ -5,12 +5,15 @@ seed are chosen once, at the top of a notebook, and passed on explicitly.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import platform
 import random
 import sys
 import warnings
 from importlib import metadata
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -28,7 +31,12 @@ def get_device(preference: str = "auto") -> torch.device:
     preference = str(preference).lower()
     if preference.startswith("cuda") or preference == "auto":
         if torch.cuda.is_available():
-            return torch.device(preference if preference.startswith("cuda") else "cuda")
+            device = torch.device(preference if preference.startswith("cuda") else "cuda")
+            count = torch.cuda.device_count()
+            if device.index is not None and device.index >= count:
+                raise ValueError(f"DEVICE={preference!r}, but this machine has {count} CUDA GPU(s) "
+                                 f"(cuda:0 to cuda:{count - 1}); pick one of those, or 'auto'.")
+            return device
         if preference != "auto":
             warnings.warn(f"DEVICE={preference!r} asked for, but no CUDA GPU is visible: using the CPU.", stacklevel=2)
             return torch.device("cpu")
@@ -70,6 +78,52 @@ def seed_worker(worker_id: int) -> None:
 def default_num_workers(max_workers: int = 4) -> int:
     """DataLoader workers that suit this machine: one core is left for the main process."""
     return max(0, min(max_workers, (os.cpu_count() or 1) - 1))
+
+
+class OutOfMemory(RuntimeError):
+    """The accelerator ran out of memory; the message says which smaller batch size to try."""
+
+
+def out_of_memory_advice(batch_size: int, device: torch.device, where: str = "training") -> str:
+    """A message for an out-of-memory error: what ran out, and a concrete smaller batch size to try."""
+    smaller = max(1, int(batch_size) // 2)
+    memory = "GPU memory" if device.type == "cuda" else f"memory on {device}"
+    fix = (f"re-run with batch size {smaller} (half of {batch_size}): TrainConfig(batch_size={smaller}) in the cell "
+           "that builds the training config; halve again if it still fails")
+    if batch_size <= 1:
+        fix = "the batch is already 1: use a smaller IMAGE_SIZE, a smaller BACKBONE, or PROFILE='default'"
+    return (f"Out of {memory} during {where} at batch size {batch_size}. Fix: {fix}. "
+            "Other programs holding the same GPU (another notebook's kernel) also count: restart them.")
+
+
+def explains_out_of_memory(func: Callable) -> Callable:
+    """Decorate a training function taking ``config`` (with ``batch_size``) and ``device``.
+
+    An out-of-memory error inside it (``torch.OutOfMemoryError`` on a GPU, the CPU
+    allocator's failure on a CPU) is re-raised as :class:`OutOfMemory` with a concrete
+    smaller batch size to try.
+    """
+    signature = inspect.signature(func)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not isinstance(err, torch.OutOfMemoryError) and "can't allocate memory" not in str(err):
+                raise
+            bound = signature.bind_partial(*args, **kwargs).arguments
+            batch_size = getattr(bound.get("config"), "batch_size", 0)
+            device = torch.device(bound.get("device") or "cpu")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            message = out_of_memory_advice(batch_size, device, where=func.__name__)
+            if bound.get("checkpoint") is not None:
+                message += (" The checkpoint of the last finished epoch is kept, but a run with another batch "
+                            "size starts afresh (a checkpoint is resumed only with the same settings).")
+            raise OutOfMemory(message) from err
+
+    return wrapper
 
 
 def _version(package: str) -> str:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -35,7 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
 from .data import ImageDataset, ImageSplit
-from .env import make_generator, seed_everything, seed_worker
+from .env import explains_out_of_memory, make_generator, seed_everything, seed_worker
 from .models import Backbone
 
 # --------------------------------------------------------------------------- run profiles
@@ -403,9 +404,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded safely (damaged, or holding more than tensors and plain data)."""
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint written by :func:`fit` with ``weights_only=True``: loading runs no code from the file."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:200]}); "
+                              "it was not loaded. Delete it to start the run afresh.") from err
 
 
 def dataset_labels(data: Dataset) -> np.ndarray:
@@ -417,6 +426,7 @@ def dataset_labels(data: Dataset) -> np.ndarray:
     return np.array([int(data[i][1]) for i in range(len(data))])
 
 
+@explains_out_of_memory
 def fit(model: nn.Module, train_data: Dataset, val_data: Dataset, config: TrainConfig, device: torch.device, *,
         head_prefixes: Sequence[str] = (), n_classes: int, train_labels: np.ndarray | None = None,
         checkpoint: Path | None = None, score: Callable[[np.ndarray, np.ndarray], float] | None = None,
@@ -451,12 +461,19 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset, config: TrainC
     run_key = json.dumps({"config": asdict(config), "n_train": len(train_data), "n_val": len(val_data),
                           "train_labels": int(np.asarray(train_labels).sum()) if train_labels is not None else None,
                           "params": sum(p.numel() for p in model.parameters())}, sort_keys=True)
-    state = load_checkpoint(Path(checkpoint)) if checkpoint is not None and Path(checkpoint).exists() else None
+    state = None
+    if checkpoint is not None and Path(checkpoint).exists():
+        try:
+            state = load_checkpoint(Path(checkpoint))
+        except CheckpointError as err:  # e.g. written by a process killed before atomic saves existed
+            import warnings
+
+            warnings.warn(f"{err} Starting afresh; it will be overwritten.", stacklevel=3)
     if state is not None and state.get("run_key") != run_key:
         import warnings
 
         warnings.warn(f"{Path(checkpoint).name} is from a different run (other settings or data): starting afresh.",
-                      stacklevel=2)
+                      stacklevel=3)  # 3: past the out-of-memory wrapper, to the caller
         state = None
     if state is not None:
         model.load_state_dict(state["model"])
