@@ -303,7 +303,10 @@ class ImageFeatures(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
         path = self.cache_path(X)
         if path is not None and path.exists():
-            return np.load(path)
+            try:
+                return np.load(path, allow_pickle=False)
+            except (ValueError, OSError, EOFError):
+                path.unlink(missing_ok=True)  # a damaged cache entry is recomputed, never trusted
         features = self._extract(_items(X))
         if path is not None:
             _atomic_save(path, features)
