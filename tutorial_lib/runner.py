@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -65,10 +66,77 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def check_parameters(notebook: Path, parameters: dict[str, Any]) -> dict[str, Any]:
-    """Keep the parameters this notebook declares; refuse values of the wrong type.
+def _check_value(notebook: Path, name: str, value: Any, default_text: str | None) -> Any:
+    """One parameter's value, checked against its default's type; returns the value to inject."""
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise ValueError(f"{notebook.name}: parameter {name} must be a plain number, true/false or text, "
+                         f"got a {type(value).__name__}.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{notebook.name}: parameter {name} must be a finite number, got {value!r}.")
+    if isinstance(value, str) and any(ord(c) < 32 for c in value):
+        raise ValueError(f"{notebook.name}: parameter {name} contains a control character (newline, tab, ...): "
+                         f"{value!r}.")
+    try:
+        default = ast.literal_eval(default_text) if default_text is not None else None
+    except (ValueError, SyntaxError):
+        return value  # an expression: accept any value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{notebook.name}: parameter {name} expects true/false, got {value!r}.")
+    elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{notebook.name}: parameter {name} expects a number (default {default_text}), "
+                         f"got {value!r}.")
+    elif isinstance(default, int) and isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{notebook.name}: parameter {name} expects a whole number (default {default_text}), "
+                             f"got {value!r}.")
+        value = int(value)
+    elif isinstance(default, str) and not isinstance(value, str):
+        value = str(value)  # e.g. -p DATA_DIR 2024 is still a folder name
+    return value
 
-    A parameter no selected notebook declares is refused by :func:`run_notebooks`.
+
+def _check_choice(notebook: Path, name: str, value: Any) -> None:
+    """PROFILE and DEVICE have a fixed set of values: refuse a typo before a kernel starts."""
+    if name == "PROFILE":
+        from .train import PROFILES
+
+        allowed = ("auto", *PROFILES)
+        if value not in allowed:
+            raise ValueError(f"{notebook.name}: PROFILE {value!r} is not one of {', '.join(allowed)}.")
+    elif name == "DEVICE":
+        from .env import DEVICE_CHOICES
+
+        text = str(value).lower()
+        if text not in DEVICE_CHOICES and not (text.startswith("cuda:") and text[5:].isdigit()):
+            raise ValueError(f"{notebook.name}: DEVICE {value!r} is not one of {', '.join(DEVICE_CHOICES)} "
+                             "(or cuda:N).")
+
+
+def resolve_path_parameter(name: str, value: Any, cwd: Path | None = None) -> Any:
+    """Make a ``*_DIR`` / ``*_PATH`` value absolute against the caller's folder.
+
+    Notebooks run with their own folder as working directory, so ``-p DATA_DIR photos``
+    would otherwise be looked for under ``notebooks/``. ``DATA_DIR`` (an input) must exist.
+    An empty value keeps its meaning ("use the default").
+    """
+    if not (name.endswith("_DIR") or name.endswith("_PATH")) or not isinstance(value, str) or not value:
+        return value
+    path = Path(value).expanduser()
+    path = (path if path.is_absolute() else (cwd or Path.cwd()) / path).resolve()
+    if name == "DATA_DIR" and not path.exists():
+        raise ValueError(f"DATA_DIR {value!r} does not exist (looked for {path}). Pass a folder of class "
+                         "subfolders or a CSV manifest, relative to where you run the command, or an absolute path.")
+    return str(path)
+
+
+def check_parameters(notebook: Path, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Keep the parameters this notebook declares; refuse values of the wrong type or an unknown choice.
+
+    Values must be plain scalars of the default's type (a whole number where the default
+    is one); ``PROFILE`` and ``DEVICE`` must name a real profile and device; ``*_DIR``
+    and ``*_PATH`` values become absolute paths. A parameter no selected notebook
+    declares is refused by :func:`run_notebooks`.
     """
     import papermill
 
@@ -79,20 +147,9 @@ def check_parameters(notebook: Path, parameters: dict[str, Any]) -> dict[str, An
     for name, value in parameters.items():
         if name not in declared:
             continue
-        default_text = declared[name].get("default")
-        try:
-            default = ast.literal_eval(default_text)
-        except (ValueError, SyntaxError):
-            default = None  # an expression: accept any value
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError(f"{notebook.name}: parameter {name} expects true/false, got {value!r}.")
-        elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ValueError(f"{notebook.name}: parameter {name} expects a number (default {default_text}), "
-                             f"got {value!r}.")
-        elif isinstance(default, str) and not isinstance(value, str):
-            value = str(value)  # e.g. -p DATA_DIR 2024 is still a folder name
-        accepted[name] = value
+        value = _check_value(notebook, name, value, declared[name].get("default"))
+        _check_choice(notebook, name, value)
+        accepted[name] = resolve_path_parameter(name, value)
     return accepted
 
 
