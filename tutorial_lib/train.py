@@ -320,6 +320,18 @@ class TrainConfig:
     amp: bool = False
     channels_last: bool = False
     seed: int = 0
+    amp_dtype: str = "bfloat16"  # "float16" for GPUs without bfloat16 (adds a GradScaler)
+    accumulate_steps: int = 1  # micro-batches per optimizer step; batch_size stays the images per step
+
+
+def _run_config(config: TrainConfig) -> dict[str, Any]:
+    """The settings that identify a run when resuming. Accumulation is left out (it does not change the
+    result), and so are newer options at their defaults: checkpoints of earlier versions still resume."""
+    settings = asdict(config)
+    settings.pop("accumulate_steps")
+    if settings["amp_dtype"] == "bfloat16":
+        settings.pop("amp_dtype")
+    return settings
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -366,9 +378,9 @@ def _logits(output: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
     return output.logits, aux
 
 
-def _autocast(device: torch.device, enabled: bool):
+def _autocast(device: torch.device, enabled: bool, dtype: str = "bfloat16"):
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=getattr(torch, dtype))
     return contextlib.nullcontext()
 
 
@@ -439,10 +451,17 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset, config: TrainC
     with the same weights. ``stop_after_epoch`` simulates an interruption (for tests).
     The weights of the epoch with the best validation ``score`` (default: accuracy) are
     loaded back at the end.
+
+    Under ``torchrun`` the same call trains with DDP, and ``config.accumulate_steps``
+    splits each step into micro-batches; ``batch_size`` stays the images per optimizer
+    step, so the result matches a single-process run (see :mod:`tutorial_lib.distributed`).
     """
     from tqdm.auto import tqdm
 
-    seed_everything(config.seed)
+    from . import distributed
+
+    ctx = distributed.context()  # rank 0 of 1 unless started by torchrun
+    seed_everything(config.seed + ctx.rank)  # rank 0 as a single process; DDP gives every rank rank 0's weights
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -453,12 +472,18 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset, config: TrainC
                               int(config.warmup_epochs * steps_per_epoch))
     weight = class_weights(train_labels, n_classes).to(device) if config.class_balanced and train_labels is not None else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
+    plain = not ctx.enabled and config.accumulate_steps == 1  # one process, one batch per step: the simple loop
+    distributed.micro_batch_size(config.batch_size, ctx.world_size, config.accumulate_steps)  # checks the split
+    item_loss = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing, reduction="none")
+    plan_labels = None if plain or weight is None else (
+        np.asarray(train_labels) if train_labels is not None else dataset_labels(train_data))
+    scaler = distributed.grad_scaler(device, config.amp, config.amp_dtype)
     score = score or (lambda y, p: float((y == p).mean()))
     history: list[dict[str, Any]] = []
     best = {"score": -math.inf, "state": None}
     start_epoch = 0
     # a checkpoint is resumed only if it belongs to this run: same settings, same data, same model shape
-    run_key = json.dumps({"config": asdict(config), "n_train": len(train_data), "n_val": len(val_data),
+    run_key = json.dumps({"config": _run_config(config), "n_train": len(train_data), "n_val": len(val_data),
                           "train_labels": int(np.asarray(train_labels).sum()) if train_labels is not None else None,
                           "params": sum(p.numel() for p in model.parameters())}, sort_keys=True)
     state = None
@@ -480,36 +505,65 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset, config: TrainC
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
-        _set_rng_state(state["rng"])
+        rng = distributed.rank_rng_state(state, ctx)
+        if rng is not None:
+            _set_rng_state(rng)
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+    train_model = distributed.wrap(model, device, ctx)  # DDP under torchrun, else the model itself
     val_labels = dataset_labels(val_data)
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
-        model.train()
+        train_model.train()
         generator = make_generator(config.seed * 10_000 + epoch)  # per epoch: a resumed run sees the same batches
-        sampler = RandomSampler(train_data, num_samples=config.samples_per_epoch, generator=generator)
-        loader = DataLoader(train_data, batch_size=config.batch_size, sampler=sampler,
-                            num_workers=config.num_workers, worker_init_fn=seed_worker, generator=generator,
-                            pin_memory=device.type == "cuda")
+        if plain:
+            sampler = RandomSampler(train_data, num_samples=config.samples_per_epoch, generator=generator)
+            loader = DataLoader(train_data, batch_size=config.batch_size, sampler=sampler,
+                                num_workers=config.num_workers, worker_init_fn=seed_worker, generator=generator,
+                                pin_memory=device.type == "cuda")
+            steps, n_steps = ([(x, y, None)] for x, y in loader), len(loader)
+        else:  # this rank's micro-batches of the same global batches (tutorial_lib.distributed)
+            order = distributed.epoch_order(len(train_data), config.samples_per_epoch, generator)
+            plan = distributed.plan_epoch(order, config.batch_size, config.accumulate_steps, ctx,
+                                          labels=plan_labels, weight=weight)
+            loader = DataLoader(train_data, batch_sampler=plan.batch_sampler(), num_workers=config.num_workers,
+                                worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
+                                generator=distributed.rank_generator(config.seed * 10_000 + epoch, ctx))
+            steps, n_steps = plan.steps(loader), plan.n_steps
         total, correct, loss_sum = 0, 0, 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress)
-        for x, y in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if config.channels_last and x.ndim == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, config.amp):
-                logits, aux = _logits(model(x))
-                loss = loss_fn(logits.float(), y)
-                for a in aux:
-                    loss = loss + config.aux_weight * loss_fn(a.float(), y)
+        bar = tqdm(steps, total=n_steps, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+                   disable=not (progress and ctx.is_main))
+        for group in bar:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            for i, (x, y, micro) in enumerate(group):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if config.channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with distributed.sync_gradients(train_model, i == len(group) - 1):
+                    with _autocast(device, config.amp, config.amp_dtype):
+                        logits, aux = _logits(train_model(x))
+                        if micro is None:
+                            loss = loss_fn(logits.float(), y)
+                            for a in aux:
+                                loss = loss + config.aux_weight * loss_fn(a.float(), y)
+                        else:  # this micro-batch's share of the global batch's mean loss
+                            per_item = item_loss(logits.float(), y)
+                            for a in aux:
+                                per_item = per_item + config.aux_weight * item_loss(a.float(), y)
+                            loss = distributed.micro_loss(per_item, micro)
+                    scaler.scale(loss).backward()
+                real = len(y) if micro is None else micro.real
+                loss_sum += float(loss.detach()) * (len(y) if micro is None else micro.count)
+                correct += int((logits[:real].argmax(1) == y[:real]).sum())
+                total += real
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            total += len(y)
-        probs = predict_proba(model, val_data, device, batch_size=max(config.batch_size, 128),
-                              num_workers=config.num_workers, amp=config.amp, channels_last=config.channels_last)
+        loss_sum, correct, total = distributed.all_reduce_sum([loss_sum, correct, total], ctx, device)
+        probs = distributed.gather_predictions(  # sharded over the ranks, gathered on every rank
+            lambda data: predict_proba(model, data, device, batch_size=max(config.batch_size, 128),
+                                       num_workers=config.num_workers, amp=config.amp,
+                                       channels_last=config.channels_last), val_data, ctx)
         val_pred = probs.argmax(1)
         val_score = score(val_labels, val_pred)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / total, "train_accuracy": correct / total,
@@ -519,14 +573,20 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset, config: TrainC
         if val_score > best["score"]:
             best = {"score": val_score, "epoch": epoch + 1,
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        if progress:
+        if progress and ctx.is_main:
             print(f"epoch {epoch + 1:>2}/{config.epochs}  loss {row['train_loss']:.3f}  "
                   f"train acc {row['train_accuracy']:.3f}  val acc {row['val_accuracy']:.3f}  "
                   f"val score {val_score:.3f}  ({row['seconds']:.1f} s)")
         if checkpoint is not None:
-            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "history": history, "best": best,
-                         "epoch": epoch, "rng": _rng_state(), "run_key": run_key}, Path(checkpoint))
+            rng = distributed.gather_objects(_rng_state(), ctx)  # every rank's random state, for an exact resume
+            if ctx.is_main:  # one writer; the others wait until the file is complete
+                extra: dict[str, Any] = {"rng_ranks": rng} if ctx.enabled else {}
+                if scaler.is_enabled():
+                    extra["scaler"] = scaler.state_dict()
+                atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict(), "history": history, "best": best,
+                             "epoch": epoch, "rng": rng[0], "run_key": run_key, **extra}, Path(checkpoint))
+            distributed.barrier(ctx)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     if best["state"] is not None and (stop_after_epoch is None or stop_after_epoch >= config.epochs):
