@@ -8,7 +8,7 @@ export PYTHONUNBUFFERED := 1
 # Nothing in the demo or the tests may reach a model hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test notebooks clean
+.PHONY: install demo test bench notebooks clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+
+# Benchmarks (not part of `make test`): writes outputs/bench.json and outputs/bench.md; see benchmarks/README.md.
+# Pass options with BENCH_ARGS, e.g. make bench BENCH_ARGS="--skip-demo --budget-s 900".
+bench: install
+	$(PY) -m tutorial_lib bench $(BENCH_ARGS)
 
 # Re-execute the committed notebooks in place, top to bottom on a fresh kernel (their outputs are checked by nbval).
 notebooks: install

@@ -1,4 +1,4 @@
-"""Command line: ``python -m tutorial_lib run | datasets | fetch NAME | weights``."""
+"""Command line: ``python -m tutorial_lib run | bench | datasets | fetch NAME | weights``."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     figures = results_path(results).parent / "figures"
     if figures.is_dir():
         print(f"  figures:            {figures}/")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import BenchSettings, run_bench, write_report
+    from .env import get_device
+
+    options = {"run_demo": not args.skip_demo, "results": args.results, "threshold": args.threshold}
+    if args.budget_s is not None:
+        options["budget_s"] = args.budget_s
+    settings = BenchSettings.quick(**options) if args.quick else BenchSettings(**options)
+    bench = run_bench(settings, get_device(args.device), progress=not args.quick)
+    json_path, md_path = write_report(bench, Path(args.output))
+    print(md_path.read_text())
+    print(f"Written: {json_path} and {md_path}")
     return 0
 
 
@@ -75,6 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--output-dir", default=str(runner.DEFAULT_OUTPUT_DIR), help="where executed notebooks go")
     run.add_argument("--results", help="results JSON file (default outputs/results.json)")
     run.set_defaults(func=_cmd_run)
+
+    bench = sub.add_parser("bench", help="time to accuracy, throughput against the hardware, the demo's cost")
+    bench.add_argument("--budget-s", type=float, help="wall-clock budget of the tutorial recipe (default 1200 s)")
+    bench.add_argument("--threshold", type=float, default=0.85, help="validation accuracy to reach (default 0.85)")
+    bench.add_argument("--skip-demo", action="store_true",
+                       help="do not run the notebooks; read their runtime from the results file")
+    bench.add_argument("--results", help="results JSON to read the demo runtime from (default outputs/results.json)")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, measures nothing")
+    bench.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    bench.add_argument("--output", default=str(runner.PROJECT_ROOT / "outputs" / "bench.json"),
+                       help="bench.json path; the markdown table goes beside it (default outputs/bench.json)")
+    bench.set_defaults(func=_cmd_bench)
 
     sub.add_parser("datasets", help="list the dataset registry").set_defaults(func=_cmd_datasets)
     fetch = sub.add_parser("fetch", help="download a registered dataset into the cache, with checksums")
