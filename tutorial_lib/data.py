@@ -15,6 +15,7 @@ Each classification set comes back as a :class:`ClassificationData` with
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import warnings
 import zipfile
@@ -688,8 +689,11 @@ def _stratified_split(indices: np.ndarray, y: np.ndarray, fraction: float, seed:
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    keep, held = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
+    n_classes, n_held = int((counts > 0).sum()), math.ceil(fraction * len(y))
+    # stratify only where every class can be on both sides (sklearn raises otherwise, e.g. on 9 images)
+    can_stratify = counts[counts > 0].min() >= 2 and n_classes <= n_held <= len(y) - n_classes
+    keep, held = train_test_split(indices, test_size=fraction, random_state=seed,
+                                  stratify=y if can_stratify else None)
     return np.sort(keep), np.sort(held)
 
 
