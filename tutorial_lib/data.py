@@ -136,34 +136,45 @@ REGISTRY: dict[str, DatasetInfo] = {
             "clothing_full", "manual", "clothing",
             "Clothing dataset (full), about 5,000 photos in 20 classes, with images.csv.",
             "CC0 1.0", "Alexey Grigorev, https://github.com/alexeygrigorev/clothing-dataset",
-            manual_steps=("git clone https://github.com/alexeygrigorev/clothing-dataset <cache>/clothing_full\n"
-                          "or: kaggle datasets download -d agrigorev/clothing-dataset-full -p <cache>/clothing_full --unzip\n"
-                          "then: load_dataset('<cache>/clothing_full/images.csv', image_column='image', label_column='label')")),
+            manual_steps=("git clone --depth 1 https://github.com/alexeygrigorev/clothing-dataset <cache>/clothing_full\n"
+                          "(images.csv with image,label columns; photos in images/). Then:\n"
+                          "python -m tutorial_lib prepare clothing_full --size 224   "
+                          "# or load_registered('clothing_full') in Python")),
         DatasetInfo(
             "eyepacs", "manual", "dr",
             "Kaggle Diabetic Retinopathy Detection (EyePACS), 35,126 training fundus photos, grades 0-4.",
             "Kaggle competition rules (registration required)",
             "https://www.kaggle.com/c/diabetic-retinopathy-detection",
-            manual_steps=("Accept the competition rules on Kaggle, put your API token in ~/.kaggle/kaggle.json, then:\n"
+            manual_steps=("Accept the competition rules on its Kaggle page, put your API token in ~/.kaggle/kaggle.json "
+                          "(chmod 600), pip install kaggle, then (about 88 GB of downloads):\n"
                           "kaggle competitions download -c diabetic-retinopathy-detection -p <cache>/eyepacs\n"
-                          "Unpack train.zip.* and trainLabels.csv.zip; then load_dataset('<cache>/eyepacs/trainLabels.csv', "
-                          "image_column='image', label_column='level', image_suffix='.jpeg')")),
+                          "cd <cache>/eyepacs && cat train.zip.* > train_all.zip && unzip -q train_all.zip "
+                          "&& unzip -q trainLabels.csv.zip\n"
+                          "(trainLabels.csv with image,level; photos train/<image>.jpeg). Then:\n"
+                          "python -m tutorial_lib prepare eyepacs --size 512   # or load_registered('eyepacs')")),
         DatasetInfo(
             "aptos2019", "manual", "dr",
             "APTOS 2019 Blindness Detection, 3,662 labelled fundus photos, grades 0-4.",
             "Kaggle competition rules (registration required)",
             "https://www.kaggle.com/c/aptos2019-blindness-detection",
-            manual_steps=("Accept the competition rules on Kaggle, put your API token in ~/.kaggle/kaggle.json, then:\n"
-                          "kaggle competitions download -c aptos2019-blindness-detection -p <cache>/aptos2019 && unzip it;\n"
-                          "then load_dataset('<cache>/aptos2019/train.csv', image_column='id_code', "
-                          "label_column='diagnosis', image_suffix='.png', image_folder='train_images')")),
+            manual_steps=("Accept the competition rules on its Kaggle page, put your API token in ~/.kaggle/kaggle.json "
+                          "(chmod 600), pip install kaggle, then (about 10 GB):\n"
+                          "kaggle competitions download -c aptos2019-blindness-detection -p <cache>/aptos2019\n"
+                          "cd <cache>/aptos2019 && unzip -q aptos2019-blindness-detection.zip\n"
+                          "(train.csv with id_code,diagnosis; photos train_images/<id_code>.png). Then:\n"
+                          "python -m tutorial_lib prepare aptos2019 --size 512   # or load_registered('aptos2019')")),
         DatasetInfo(
             "fashion_products_full", "manual", "tagging",
-            "Fashion Product Images (Small), the whole catalogue: 44,000 images with the same 7 tag columns.",
+            "Fashion Product Images, the whole catalogue: 44,000 images with the same 7 tag columns.",
             "MIT (as declared by the source)",
-            "https://www.kaggle.com/datasets/paramaggarwal/fashion-product-images-small",
-            manual_steps=("kaggle datasets download -d paramaggarwal/fashion-product-images-small -p <cache>/fashion_full --unzip\n"
-                          "then load_tag_dataset('<cache>/fashion_full')  (a folder with images/ and styles.csv)")),
+            "https://www.kaggle.com/datasets/paramaggarwal/fashion-product-images-dataset",
+            manual_steps=("Put your Kaggle API token in ~/.kaggle/kaggle.json (chmod 600), pip install kaggle, then "
+                          "(about 25 GB; the -small dataset, 0.6 GB, has the same layout at 80 px):\n"
+                          "kaggle datasets download -d paramaggarwal/fashion-product-images-dataset "
+                          "-p <cache>/fashion_products_full --unzip\n"
+                          "(fashion-dataset/styles.csv with id and tag columns; photos fashion-dataset/images/<id>.jpg). "
+                          "Then:\npython -m tutorial_lib prepare fashion_products_full --size 224   "
+                          "# classes: articleType; or load_registered('fashion_products_full')")),
     ]
 }
 
@@ -876,3 +887,75 @@ class ImageDataset:
     def __getitem__(self, index: int):
         image = self.split.image(index)
         return (self.transform(image) if self.transform else image), int(self.split.labels[index])
+
+
+# --------------------------------------------------------------------------- full public datasets (manual downloads)
+
+
+CLOTHING_FULL_UNUSABLE = ("Not sure", "Skip", "Other")
+"""Labels of the full clothing dataset that are not garment types; their photos are left out."""
+
+
+def load_registered(name: str, root: str | Path | None = None, *, seed: int = 0, min_per_class: int = 10,
+                    check_images: bool = False) -> ClassificationData:
+    """Load a manually downloaded registry dataset from its folder, as the download leaves it.
+
+    ``root`` defaults to ``<cache>/<name>`` (see the entry's ``manual_steps``). EyePACS and
+    APTOS: the labelled training set with a seeded stratified 70/10/20 split; full clothing:
+    ``images.csv`` without its non-garment labels; full fashion catalogue: ``styles.csv``
+    with ``articleType`` as the class (types with fewer than ``min_per_class`` photos
+    dropped). Images are not decoded here (``check_images=False``): 35,000 checks take
+    minutes, and :func:`tutorial_lib.prepare.prepare` records any that fail.
+    """
+    info = _registry_entry(name)
+    if info.kind != "manual":
+        raise DataError(f"{name!r} is not a manual download: use load_dataset({name!r}) or fetch({name!r}).")
+    folder = Path(root).expanduser() if root is not None else cache_dir() / name
+    if name == "eyepacs":
+        data = load_csv_manifest(_need(folder, "trainLabels.csv", info), image_column="image", label_column="level",
+                                 image_folder="train", image_suffix=".jpeg", seed=seed, check_images=check_images)
+    elif name == "aptos2019":
+        data = load_csv_manifest(_need(folder, "train.csv", info), image_column="id_code", label_column="diagnosis",
+                                 image_folder="train_images", image_suffix=".png", seed=seed,
+                                 check_images=check_images)
+    elif name == "clothing_full":
+        table = _read_csv(_need(folder, "images.csv", info))
+        table = table[~table["label"].str.strip().isin(CLOTHING_FULL_UNUSABLE)]
+        images = next((folder / d for d in ("images", "images_original", "images_compressed") if (folder / d).is_dir()),
+                      folder / "images")
+        data = _table_split(name, _image_paths(table, "image", images, ".jpg"), table["label"].str.strip().tolist(),
+                            seed, min_per_class, check_images)
+    else:  # fashion_products_full
+        inner = folder / "fashion-dataset" if (folder / "fashion-dataset").is_dir() else folder
+        styles = _need(inner, "styles.csv", info)
+        try:  # some product names hold unquoted commas: those few rows cannot be parsed and are skipped
+            table = pd.read_csv(styles, dtype=str, keep_default_na=False, on_bad_lines="skip")
+        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise DataError(f"{styles} could not be read as CSV ({err}).") from err
+        table = table[table["articleType"].str.strip() != ""]
+        data = _table_split(name, _image_paths(table, "id", inner / "images", ".jpg"),
+                            table["articleType"].str.strip().tolist(), seed, min_per_class, check_images)
+    data.name, data.info = name, info
+    return data
+
+
+def _need(folder: Path, file: str, info: DatasetInfo) -> Path:
+    path = folder / file
+    if not path.exists():
+        raise DataUnavailableError(f"{path} not found: {info.name!r} is not downloaded there (or not unpacked).\n"
+                                   + info.manual_steps.replace("<cache>", str(cache_dir())))
+    return path
+
+
+def _table_split(name: str, files: list[Path], labels: list[str], seed: int, min_per_class: int,
+                 check_images: bool) -> ClassificationData:
+    """Drop rows without an image and classes with fewer than ``min_per_class`` images, then split."""
+    missing = [(f, "listed in the CSV but not found") for f in files if not f.exists()]
+    kept = [(f, label) for f, label in zip(files, labels) if f.exists()]
+    files, labels = [f for f, _ in kept], [label for _, label in kept]
+    files, labels = _drop_unreadable(files, labels, missing, check_images)
+    _warn_skipped(missing)
+    counts = pd.Series(labels).value_counts() if labels else pd.Series(dtype=int)
+    keep_classes = set(counts[counts >= min_per_class].index)
+    pairs = [(f, label) for f, label in zip(files, labels) if label in keep_classes]
+    return _split_seeded(name, [f for f, _ in pairs], [label for _, label in pairs], seed, 0.1, 0.2)

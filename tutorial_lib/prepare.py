@@ -1,0 +1,268 @@
+"""Full datasets: the Kaggle download with your own credentials, and a one-off preparation step.
+
+Introduced in the README section "From the CPU demo to multi-GPU on the full data".
+Decoding a 3-5 Mpx JPEG and finding its fundus disc takes tens of milliseconds; a GPU
+trains on an image in well under one. So every image is decoded, cropped (fundus: the
+disc, see :func:`tutorial_lib.preprocess.crop_to_disc`; other photos: resized and padded)
+and resized **once** into one memory-mapped ``uint8`` array per split::
+
+    python -m tutorial_lib prepare eyepacs --size 512           # -> <cache>/prepared/eyepacs_512/
+    python -m tutorial_lib train --data <cache>/prepared/eyepacs_512 ...
+
+The work goes in chunks; after each chunk the array is flushed and the chunk recorded in
+``progress.json`` (written atomically), so an interrupted run resumes where it stopped and
+a half-written chunk is written again. ``manifest.json`` appears when everything is done.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .data import (REGISTRY, ClassificationData, DataError, ImageSplit, cache_dir, fetch, load_dataset,
+                   load_registered, load_retinamnist)
+
+PREPARED_VERSION = 1
+SPLITS = ("train", "val", "test")
+KAGGLE_COMMANDS = {
+    "eyepacs": ["competitions", "download", "-c", "diabetic-retinopathy-detection"],
+    "aptos2019": ["competitions", "download", "-c", "aptos2019-blindness-detection"],
+    "fashion_products_full": ["datasets", "download", "-d", "paramaggarwal/fashion-product-images-dataset", "--unzip"],
+}
+"""The Kaggle CLI arguments that fetch each dataset (``-p <folder>`` is added)."""
+
+
+# --------------------------------------------------------------------------- downloads with your credentials
+
+
+def kaggle_credentials() -> Path | None:
+    """Where the Kaggle API token is (``None`` if it is in the environment); raises if there is none."""
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return None
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle")).expanduser()
+    token = config_dir / "kaggle.json"
+    if not token.exists():
+        raise DataError(
+            f"No Kaggle API token: {token} does not exist (nor KAGGLE_USERNAME/KAGGLE_KEY).\n"
+            "Fix: on kaggle.com open Settings > API > 'Create New Token', save the kaggle.json it gives you as "
+            f"{token} and run `chmod 600 {token}`. For a competition (EyePACS, APTOS) also accept its rules "
+            "on the competition's page, or the download is refused (403).")
+    return token
+
+
+def kaggle_download(name: str, folder: str | Path | None = None, *, run: Callable[..., Any] = subprocess.run) -> Path:
+    """Download a registry dataset with the Kaggle CLI and your own token into ``folder`` (default its cache folder).
+
+    Competition files are unpacked afterwards by hand (see the registry entry's
+    ``manual_steps``); nothing is downloaded without your credentials.
+    """
+    if name not in KAGGLE_COMMANDS:
+        raise DataError(f"{name!r} is not downloaded from Kaggle; Kaggle sets: {', '.join(KAGGLE_COMMANDS)}. "
+                        f"See `python -m tutorial_lib datasets` and the registry's manual steps.")
+    kaggle = shutil.which("kaggle")
+    if kaggle is None:
+        raise DataError("The Kaggle command-line tool is not installed. Fix: `pip install kaggle` "
+                        "(it is not a dependency of this project: only the full datasets need it).")
+    kaggle_credentials()
+    folder = Path(folder).expanduser() if folder is not None else cache_dir() / name
+    folder.mkdir(parents=True, exist_ok=True)
+    done = run([kaggle, *KAGGLE_COMMANDS[name], "-p", str(folder)], check=False)
+    if done.returncode != 0:
+        raise DataError(f"`kaggle {' '.join(KAGGLE_COMMANDS[name])}` failed (exit {done.returncode}). "
+                        "A 403 means the competition's rules are not accepted on kaggle.com for your account.")
+    return folder
+
+
+# --------------------------------------------------------------------------- which data to prepare
+
+
+def open_source(name: str | Path, source: str | Path | None = None, *, seed: int = 0) -> ClassificationData:
+    """The dataset to prepare: a registry name (with ``source``, its download folder) or your folder/CSV."""
+    key = str(name)
+    if key in REGISTRY:
+        info = REGISTRY[key]
+        if info.kind == "manual":
+            return load_registered(key, source, seed=seed)
+        if info.kind == "download" and key.startswith("retinamnist_"):
+            path = Path(source) / info.files[0].name if source is not None else fetch(key)[0]
+            data = load_retinamnist(path)
+            data.name, data.info = key, info
+            return data
+        if info.kind == "embedded":
+            return load_dataset(key, seed=seed)
+        raise DataError(f"{key!r} ({info.task}) is not a classification set that prepare can handle.")
+    return load_dataset(source if source is not None else key, seed=seed)
+
+
+def default_crop(data: ClassificationData) -> str:
+    """``"disc"`` for fundus photos (DR task), ``"pad"`` for everything else."""
+    return "disc" if data.info is not None and data.info.task == "dr" else "pad"
+
+
+def prepared_dir(name: str, size: int) -> Path:
+    """Where :func:`prepare` puts a dataset by default: ``<cache>/prepared/<name>_<size>``."""
+    return cache_dir() / "prepared" / f"{name}_{size}"
+
+
+# --------------------------------------------------------------------------- the preparation step
+
+
+def _process(split: ImageSplit, index: int, size: int, crop: str) -> np.ndarray:
+    from .preprocess import NoDiscFoundWarning, crop_to_disc, resize_pad
+
+    image = split.image(index)
+    if crop == "disc":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoDiscFoundWarning)  # a centre crop then; rare on real fundus photos
+            out = crop_to_disc(image, size=size)
+    else:
+        out = resize_pad(image, size)
+    return np.asarray(out, dtype=np.uint8)  # (size, size, 3)
+
+
+def _fingerprint(data: ClassificationData, size: int, crop: str) -> str:
+    digest = hashlib.sha256(json.dumps({"size": size, "crop": crop, "classes": data.classes,
+                                        "version": PREPARED_VERSION}).encode())
+    for name in SPLITS:
+        split = data.splits[name]
+        if isinstance(split.images, np.ndarray):
+            digest.update(np.ascontiguousarray(split.images).data)
+        else:
+            digest.update("\n".join(str(p) for p in split.images).encode())
+        digest.update(np.ascontiguousarray(split.labels).data)
+    return digest.hexdigest()[:16]
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def _open_array(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """The split's image array, created (full size, as a sparse file) under a temporary name, then renamed."""
+    if path.exists():
+        array = np.load(path, mmap_mode="r+")
+        if array.shape == shape and array.dtype == np.uint8:
+            return array
+        path.unlink()
+    tmp = path.with_name(f".{path.name}.tmp")
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    array.flush()
+    del array
+    os.replace(tmp, path)
+    return np.load(path, mmap_mode="r+")
+
+
+def prepare(data: ClassificationData, out: str | Path | None = None, *, size: int = 224, crop: str | None = None,
+            chunk_size: int = 256, progress: bool = True, max_chunks: int | None = None) -> Path | None:
+    """Decode, crop and resize every image of ``data`` once into ``out`` (default :func:`prepared_dir`).
+
+    ``crop``: ``"disc"`` (fundus), ``"pad"`` (resize the longer side and pad) or ``None``
+    (chosen from the dataset's task). Re-running continues an interrupted preparation;
+    different data or settings start it afresh. ``max_chunks`` stops after that many new
+    chunks and returns ``None`` (a test's interruption). Returns the folder when complete.
+    """
+    from tqdm.auto import tqdm
+
+    crop = crop or default_crop(data)
+    if crop not in ("disc", "pad"):
+        raise ValueError(f"crop must be 'disc' or 'pad', got {crop!r}")
+    out = Path(out) if out is not None else prepared_dir(data.name, size)
+    out.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(data, size, crop)
+    progress_path, manifest_path = out / "progress.json", out / "manifest.json"
+    if manifest_path.exists() and json.loads(manifest_path.read_text()).get("fingerprint") == fingerprint:
+        return out  # already prepared
+    state = json.loads(progress_path.read_text()) if progress_path.exists() else {}
+    if state.get("fingerprint") != fingerprint:
+        if state:
+            warnings.warn(f"{out} holds a preparation of other data or settings: starting afresh.", stacklevel=2)
+        manifest_path.unlink(missing_ok=True)
+        state = {"fingerprint": fingerprint, "done": {s: [] for s in SPLITS}, "failed": {s: [] for s in SPLITS},
+                 "seconds": 0.0}
+        _write_json(progress_path, state)
+    sizes = {s: len(data.splits[s]) for s in SPLITS}
+    chunks = {s: range(0, n, chunk_size) for s, n in sizes.items()}
+    already = sum(min(chunk_size, sizes[s] - c * chunk_size) for s in SPLITS for c in state["done"][s])
+    bar = tqdm(total=sum(sizes.values()), initial=already, desc=f"preparing {data.name} at {size} px", unit="img",
+               disable=not progress)
+    new_chunks, started = 0, time.perf_counter()
+    try:
+        for name in SPLITS:
+            split = data.splits[name]
+            np.save(out / f"{name}_labels.npy", np.asarray(split.labels, dtype=np.int64))
+            images = _open_array(out / f"{name}_images.npy", (sizes[name], size, size, 3))
+            for c, start in enumerate(chunks[name]):
+                if c in state["done"][name]:
+                    continue
+                if max_chunks is not None and new_chunks >= max_chunks:
+                    return None
+                for i in range(start, min(start + chunk_size, sizes[name])):
+                    try:
+                        images[i] = _process(split, i, size, crop)
+                    except (OSError, ValueError, SyntaxError) as err:  # a damaged file: black, and listed
+                        images[i] = 0
+                        state["failed"][name].append([i, f"{split.images[i]}: {type(err).__name__}: {err}"[:300]])
+                    bar.update(1)
+                images.flush()
+                state["done"][name].append(c)
+                state["seconds"] += time.perf_counter() - started
+                started = time.perf_counter()
+                _write_json(progress_path, state)
+                new_chunks += 1
+            del images
+    finally:
+        bar.close()
+    n_failed = sum(len(v) for v in state["failed"].values())
+    if n_failed:
+        warnings.warn(f"{n_failed} image(s) could not be decoded and are left out; see {manifest_path}.", stacklevel=2)
+    total = sum(sizes.values())
+    _write_json(manifest_path, {
+        "name": data.name, "classes": list(data.classes), "size": size, "crop": crop, "split_note": data.split_note,
+        "splits": sizes, "failed": state["failed"], "fingerprint": fingerprint, "version": PREPARED_VERSION,
+        "seconds": round(state["seconds"], 1), "images_per_second": round(total / max(state["seconds"], 1e-9), 1)})
+    return out
+
+
+def is_prepared(folder: str | Path) -> bool:
+    """True for a folder written completely by :func:`prepare`."""
+    return (Path(folder) / "manifest.json").exists()
+
+
+def load_prepared(folder: str | Path) -> ClassificationData:
+    """A prepared dataset as :class:`ClassificationData` whose images are read-only memory-mapped arrays.
+
+    It plugs into everything that takes a split (``ImageDataset``, ``fit``, the strategies);
+    only the images a batch needs are read from disk. Images that failed to decode are left out.
+    """
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        hint = " (the preparation was interrupted: run it again to finish)" if (folder / "progress.json").exists() else ""
+        raise DataError(f"{folder} is not a prepared dataset: no manifest.json{hint}. "
+                        "Make one with `python -m tutorial_lib prepare NAME`.")
+    manifest = json.loads(manifest_path.read_text())
+    splits = {}
+    for name in SPLITS:
+        images = np.load(folder / f"{name}_images.npy", mmap_mode="r")  # (N, size, size, 3) uint8
+        labels = np.load(folder / f"{name}_labels.npy")
+        split = ImageSplit(images, labels)
+        failed = [i for i, _ in manifest["failed"].get(name, [])]
+        if failed:
+            split = split.subset(np.setdiff1d(np.arange(len(labels)), failed))
+        splits[name] = split
+    info = REGISTRY.get(manifest["name"])
+    return ClassificationData(manifest["name"], manifest["classes"], splits["train"], splits["val"], splits["test"],
+                              f"{manifest['split_note']}; prepared at {manifest['size']} px ({manifest['crop']})",
+                              info)
