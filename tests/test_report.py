@@ -48,3 +48,58 @@ def test_corrupt_results_file_says_what_to_do(tmp_path):
     path.write_text("{half")
     with pytest.raises(ValueError, match="delete it and re-run"):
         tlr.load_results(path)
+
+
+# --------------------------------------------------------------------------- floors and the results report (06)
+
+REFERENCE = {"clothing": {"dataset": "clothing", "split": "test", "n_train": 10, "n_test": 5, "backbone": "b",
+                          "methods": {"svm": {"accuracy": 0.74, "macro_f1": 0.70}},
+                          "details": {"svm": {"profile": "default", "seed": 0}}}}
+
+
+def _run(accuracy, profile="default", seed=0, dataset="clothing"):
+    return {"clothing": {"dataset": dataset, "split": "test", "n_train": 10, "n_test": 5, "backbone": "b",
+                         "methods": {"svm": {"accuracy": accuracy, "macro_f1": 0.70}},
+                         "details": {"svm": {"profile": profile, "seed": seed}}}}
+
+
+def test_a_result_below_its_floor_fails_and_is_named():
+    checked = tlr.check_floors(_run(0.70), REFERENCE)  # 0.74 - 0.03 = 0.71 > 0.70
+    row = checked.set_index("metric").loc["accuracy"]
+    assert row["status"] == "BELOW FLOOR" and row["floor"] == pytest.approx(0.71)
+    with pytest.raises(AssertionError, match=r"clothing/svm accuracy: 0.7000 < floor 0.7100"):
+        tlr.assert_floors(checked)
+
+
+def test_a_result_within_tolerance_passes():
+    checked = tlr.check_floors(_run(0.72), REFERENCE)
+    assert set(checked["status"]) == {"ok"}
+    tlr.assert_floors(checked)
+
+
+@pytest.mark.parametrize("kwargs,reason", [({"profile": "quick"}, "profile"), ({"seed": 1}, "seed"),
+                                           ({"dataset": "mine"}, "data set")])
+def test_only_like_is_compared_with_like(kwargs, reason):
+    checked = tlr.check_floors(_run(0.10, **kwargs), REFERENCE)
+    assert all(s.startswith("not comparable") and reason in s for s in checked["status"])
+    tlr.assert_floors(checked)  # a quick run's low numbers are not a regression
+
+
+def test_a_missing_result_is_reported_not_passed():
+    checked = tlr.check_floors({}, REFERENCE)
+    assert set(checked["status"]) == {"missing: not recorded"}
+
+
+def test_the_shipped_reference_run_covers_every_task_and_passes_its_own_floors():
+    reference = tlr.reference_results()
+    assert set(tlr.TASKS) <= set(reference)
+    checked = tlr.check_floors(reference, reference)
+    assert len(checked) >= 15 and set(checked["status"]) == {"ok"}
+
+
+def test_results_markdown_has_a_table_per_task_and_the_talks_figures():
+    text = tlr.results_markdown(_run(0.72), tlr.check_floors(_run(0.72), REFERENCE))
+    assert "| svm | 0.720 | 0.700 | default |" in text
+    assert "fine-tuned GoogLeNet 0.93" in text
+    assert "## dr" in text and "Nothing recorded yet." in text
+    assert "Regression check" in text

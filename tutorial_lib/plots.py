@@ -275,3 +275,32 @@ def tag_grid(images: Sequence[Image.Image | np.ndarray], true: pd.DataFrame, pre
     if suptitle:
         fig.suptitle(suptitle)
     return fig
+
+
+# --------------------------------------------------------------------------- results (06)
+
+
+def grouped_bars(table: pd.DataFrame, *, title: str, ylabel: str) -> plt.Figure:
+    """Bars grouped by the rows of ``table`` (e.g. tag fields), one colour per column (e.g. method)."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(table)), 3.6))
+    table.plot.bar(ax=ax, width=0.8, rot=30)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def runtime_bars(runtime: pd.DataFrame, *, budget_s: float, budget_mb: float) -> plt.Figure:
+    """Wall seconds and peak memory per notebook (``runtime`` columns ``seconds``, ``peak_rss_mb``) with budgets."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.4 * len(runtime) + 1.6), sharey=True)
+    for ax, column, budget, label in ((axes[0], "seconds", budget_s, "wall time (s)"),
+                                      (axes[1], "peak_rss_mb", budget_mb, "peak memory (MB)")):
+        ax.barh(runtime.index[::-1], runtime[column].values[::-1], color="tab:blue")
+        ax.axvline(budget, color="tab:red", linestyle="--", label=f"budget {budget:g}")
+        ax.set_xlabel(label)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("What each notebook cost")
+    fig.tight_layout()
+    return fig

@@ -138,3 +138,158 @@ def talk_comparison(task: str, ours: Mapping[str, Mapping[str, float]], metric: 
     rows += [{"method": f"talk: {name.replace('_', ' ')}", "data": talk["dataset"], talk_column: talk[name]}
              for name in ("svm", "finetuned_googlenet")]
     return pd.DataFrame(rows).set_index("method")
+
+
+# --------------------------------------------------------------------------- the results notebook (06)
+
+# The headline metric of each task, in the order the results notebook shows them.
+HEADLINE = {"dr": ("qwk", "accuracy", "balanced_accuracy"), "clothing": ("accuracy", "macro_f1"),
+            "tagging": ("micro_f1", "exact_match", "macro_f1")}
+
+# How far below the reference run a default-profile result may fall before the results notebook (and with it
+# `make test`, which executes it after notebooks 02-05) reports a regression. DR's test split is small and its
+# decision thresholds are tuned on a small validation split, so it gets more room.
+FLOOR_TOLERANCE = {"dr": 0.05, "clothing": 0.03, "tagging": 0.03}
+
+
+def reference_results() -> dict[str, Any]:
+    """The reference run shipped with the package (default profile, seed 0, CPU): the floors' starting point."""
+    return json.loads((Path(__file__).with_name("reference_results.json")).read_text())
+
+
+def reference_from(results: Mapping[str, Any], about: str) -> dict[str, Any]:
+    """A reference run made from ``results``: every task's default-profile methods, described by ``about``.
+
+    How the shipped ``reference_results.json`` was made: ``make demo`` on 2 CPU cores, then this function on its
+    ``outputs/results.json`` (written with :func:`atomic_write_text` as sorted, indented JSON).
+    """
+    reference: dict[str, Any] = {"_about": about}
+    for task in TASKS:
+        entry = results.get(task)
+        if not entry:
+            continue
+        methods = [m for m in entry["methods"] if _profile(entry, m) == "default"]
+        if methods:
+            reference[task] = {**{k: v for k, v in entry.items() if k not in ("methods", "details")},
+                               "methods": {m: entry["methods"][m] for m in methods},
+                               "details": {m: {k: entry["details"][m].get(k) for k in ("profile", "seed")}
+                                           for m in methods}}
+    return reference
+
+
+def _profile(entry: Mapping[str, Any], method: str) -> str | None:
+    return entry.get("details", {}).get(method, {}).get("profile")
+
+
+def check_floors(results: Mapping[str, Any], reference: Mapping[str, Any] | None = None,
+                 tolerance: Mapping[str, float] | None = None) -> "pd.DataFrame":
+    """Each headline metric of ``results`` against the reference run minus a tolerance, one row each.
+
+    Only like is compared with like: a result is checked when it was made on the same data set, in the same
+    profile and with the same seed as the reference; anything else gets ``status`` "not comparable" and the
+    reason. A reference metric that was not recorded at all is "missing". Nothing is raised here: see
+    :func:`assert_floors`.
+    """
+    import pandas as pd
+
+    reference = reference_results() if reference is None else reference
+    tolerance = {**FLOOR_TOLERANCE, **(tolerance or {})}
+    rows = []
+    for task, ref_entry in reference.items():
+        if task not in TASKS:
+            continue
+        entry = results.get(task, {})
+        for method, ref_metrics in ref_entry["methods"].items():
+            measured = entry.get("methods", {}).get(method)
+            ref_details = ref_entry.get("details", {}).get(method, {})
+            details = entry.get("details", {}).get(method, {})
+            reason = None
+            if measured is None:
+                reason = "missing: not recorded"
+            elif entry.get("dataset") != ref_entry.get("dataset"):
+                reason = f"not comparable: data set {entry.get('dataset')!r}"
+            elif details.get("profile") != ref_details.get("profile"):
+                reason = f"not comparable: profile {details.get('profile')!r}"
+            elif details.get("seed") != ref_details.get("seed"):
+                reason = f"not comparable: seed {details.get('seed')!r}"
+            for metric in HEADLINE[task]:
+                if metric not in ref_metrics:
+                    continue
+                floor = round(ref_metrics[metric] - tolerance[task], 4)
+                value = None if measured is None else measured.get(metric)
+                if reason:
+                    status = reason
+                elif value is None:
+                    status = "missing: metric not recorded"
+                else:
+                    status = "ok" if value >= floor else "BELOW FLOOR"
+                rows.append({"task": task, "method": method, "metric": metric, "reference": ref_metrics[metric],
+                             "floor": floor, "measured": value, "status": status})
+    return pd.DataFrame(rows, columns=["task", "method", "metric", "reference", "floor", "measured", "status"])
+
+
+def assert_floors(checked: "pd.DataFrame") -> None:
+    """Raise ``AssertionError`` naming every result below its floor (the rows of :func:`check_floors`)."""
+    below = checked[checked["status"] == "BELOW FLOOR"]
+    if len(below):
+        lines = [f"{r.task}/{r.method} {r.metric}: {r.measured:.4f} < floor {r.floor:.4f} (reference {r.reference:.4f})"
+                 for r in below.itertuples()]
+        raise AssertionError("Accuracy regression against the reference run:\n  " + "\n  ".join(lines))
+
+
+def method_table(results: Mapping[str, Any], task: str) -> "pd.DataFrame":
+    """One row per recorded method of ``task`` with its headline metrics (and, for tagging, the article type)."""
+    import pandas as pd
+
+    methods = results.get(task, {}).get("methods", {})
+    order = [m for m in METHODS if m in methods]
+    rows = {}
+    for method in order:
+        metrics = methods[method]
+        row = {metric: metrics.get(metric) for metric in HEADLINE[task]}
+        if task == "tagging":
+            row["articleType accuracy"] = metrics.get("field_accuracy", {}).get("articleType")
+        row["profile"] = _profile(results[task], method)
+        rows[method] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
+
+
+def results_markdown(results: Mapping[str, Any], floors: "pd.DataFrame | None" = None) -> str:
+    """The results as a markdown report: per task, our methods (test split) and the talk's figures beside them."""
+    lines = ["# Results", "",
+             "Test-split metrics recorded by the notebooks (`outputs/results.json`). The talk's figures come from "
+             "its own, different data and are shown beside ours, never in place of them.", ""]
+    for task in TASKS:
+        entry = results.get(task)
+        if not entry:
+            lines += [f"## {task}", "", "Nothing recorded yet.", ""]
+            continue
+        table = method_table(results, task)
+        lines += [f"## {task}: {entry.get('dataset')} ({entry.get('split')} split, n_train={entry.get('n_train')}, "
+                  f"n_test={entry.get('n_test')}, backbone {entry.get('backbone')})", "",
+                  _markdown_table(table.reset_index()), ""]
+        if task in TALK_RESULTS:
+            talk = TALK_RESULTS[task]
+            lines += [f"The talk ({talk['dataset']}; {talk['metric']}): feature SVM {talk['svm']:.2f}, "
+                      f"fine-tuned GoogLeNet {talk['finetuned_googlenet']:.2f}.", ""]
+    runtime = results.get("runtime", {})
+    if runtime:
+        lines += ["## Run time (wall seconds, peak memory of the notebook's kernel)", "",
+                  "| notebook | seconds | peak RSS (MB) |", "|---|---|---|"]
+        lines += [f"| {nb} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} |" for nb, r in sorted(runtime.items())]
+        lines.append("")
+    if floors is not None and len(floors):
+        lines += ["## Regression check against the reference run", "", _markdown_table(floors), ""]
+    return "\n".join(lines)
+
+
+def _markdown_table(frame: "pd.DataFrame") -> str:
+    def cell(value: Any) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    header = "| " + " | ".join(map(str, frame.columns)) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
