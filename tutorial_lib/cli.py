@@ -1,4 +1,8 @@
-"""Command line: ``python -m tutorial_lib run | bench | datasets | fetch NAME | weights``."""
+"""Command line: ``python -m tutorial_lib run | bench | train | prepare NAME | download NAME | datasets | fetch NAME | weights``.
+
+``train`` also runs under ``torchrun`` (one process per GPU), e.g.
+``torchrun --nproc_per_node 4 -m tutorial_lib train --data eyepacs --image-size 512``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -78,6 +82,97 @@ def _cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .jobs import train_job
+
+    try:
+        summary = train_job(args.data, backbone=args.backbone, strategy=args.strategy, epochs=args.epochs,
+                            batch_size=args.batch_size, accumulate=args.accumulate, image_size=args.image_size,
+                            checkpoint=args.checkpoint, results=args.results, seed=args.seed, device=args.device,
+                            amp=args.amp, amp_dtype=args.amp_dtype, channels_last=args.channels_last,
+                            max_images=args.max_images, num_workers=args.num_workers, lr_head=args.lr_head,
+                            lr_backbone=args.lr_backbone, source=args.source, progress=not args.quiet)
+    except (DataError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if summary["world_size"] == 1 or int(__import__("os").environ.get("RANK", 0)) == 0:
+        scores = "  ".join(f"{split} {name} {value:.3f}" for split, m in summary["metrics"].items()
+                           for name, value in m.items() if name in ("accuracy", "quadratic_weighted_kappa", "qwk", "kappa"))
+        print(f"{summary['dataset']}: {summary['strategy']} of {summary['backbone']} on {summary['world_size']} "
+              f"process(es), {summary['seconds']:.0f} s; {scores}")
+        if args.results:
+            print(f"  results: {args.results}")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .prepare import open_source, prepare
+
+    try:
+        data = open_source(args.name, args.source, seed=args.seed)
+        out = prepare(data, args.output, size=args.size, crop=args.crop, chunk_size=args.chunk_size)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .prepare import kaggle_download
+
+    try:
+        print(kaggle_download(args.name, args.output))
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_scale_out_commands(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train a backbone on a dataset (plain, or under torchrun for DDP)")
+    train.add_argument("--data", required=True, help="prepared folder, registry name, or your folder/CSV")
+    train.add_argument("--source", help="download folder of a registry dataset (default: its cache folder)")
+    train.add_argument("--backbone", default="auto")
+    train.add_argument("--strategy", default="finetune_full", choices=["finetune_full", "finetune_top"])
+    train.add_argument("--epochs", type=int, default=1)
+    train.add_argument("--batch-size", type=int, default=64, help="global batch per optimizer step")
+    train.add_argument("--accumulate", type=int, default=1, help="micro-batches per step on each process")
+    train.add_argument("--image-size", type=int, default=224)
+    train.add_argument("--checkpoint", help="checkpoint file: written each epoch, resumed from if present")
+    train.add_argument("--results", help="results JSON file (rank 0 writes it)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
+    train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
+    train.add_argument("--amp-dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="default: on for CUDA")
+    train.add_argument("--max-images", type=int, help="cap on every split (smoke runs)")
+    train.add_argument("--num-workers", type=int, help="DataLoader workers per process (default: cores - 1, max 4)")
+    train.add_argument("--lr-head", type=float, default=1e-3)
+    train.add_argument("--lr-backbone", type=float, default=1e-4)
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_cmd_train)
+
+    prep = sub.add_parser("prepare", help="decode, crop and resize a dataset once into memory-mapped arrays")
+    prep.add_argument("name", help="registry name (eyepacs, aptos2019, clothing_full, ...) or your folder/CSV")
+    prep.add_argument("--source", help="where the download was unpacked (default: <cache>/NAME)")
+    prep.add_argument("--size", type=int, default=224)
+    prep.add_argument("--crop", choices=["disc", "pad"], help="default: disc for fundus sets, pad otherwise")
+    prep.add_argument("--output", help="default: <cache>/prepared/NAME_SIZE")
+    prep.add_argument("--chunk-size", type=int, default=256)
+    prep.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
+    prep.set_defaults(func=_cmd_prepare)
+
+    down = sub.add_parser("download", help="download a Kaggle dataset with your own ~/.kaggle/kaggle.json")
+    down.add_argument("name", choices=["eyepacs", "aptos2019", "fashion_products_full"])
+    down.add_argument("--output", help="default: <cache>/NAME")
+    down.set_defaults(func=_cmd_download)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tutorial_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        help="bench.json path; the markdown table goes beside it (default outputs/bench.json)")
     bench.set_defaults(func=_cmd_bench)
 
+    _add_scale_out_commands(sub)
     sub.add_parser("datasets", help="list the dataset registry").set_defaults(func=_cmd_datasets)
     fetch = sub.add_parser("fetch", help="download a registered dataset into the cache, with checksums")
     fetch.add_argument("name")
