@@ -41,7 +41,9 @@ import tutorial_lib.train as tlt
 from conftest import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
-CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+# children import this checkout's tutorial_lib (not another copy an editable install may point at)
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0",
+             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def _expect_data_error(match: str, call, *args, **kwargs) -> str:
