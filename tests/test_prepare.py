@@ -156,3 +156,17 @@ def test_prepared_embedded_clothing_feeds_the_training_loop(clothing, tmp_path):
                   TrainConfig(epochs=1, batch_size=8), torch.device("cpu"), n_classes=len(data.classes),
                   train_labels=data.train.labels, progress=False)
     assert len(history) == 1
+
+
+def test_prepare_in_worker_processes_lists_damaged_files(eyepacs_replica, tmp_path):
+    data = tld.load_registered("eyepacs", eyepacs_replica)
+    damaged = data.train.images[3]
+    damaged.write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="1 image"):
+        serial = tlp.prepare(data, tmp_path / "serial", size=24, chunk_size=16, progress=False)
+    with pytest.warns(UserWarning, match="1 image"):
+        parallel = tlp.prepare(data, tmp_path / "parallel", size=24, chunk_size=16, workers=2, progress=False)
+    assert np.array_equal(np.load(serial / "train_images.npy"), np.load(parallel / "train_images.npy"))
+    manifest = json.loads((parallel / "manifest.json").read_text())
+    assert manifest["failed"]["train"][0][0] == 3 and str(damaged) in manifest["failed"]["train"][0][1]
+    assert len(tlp.load_prepared(parallel).train) == len(data.train) - 1

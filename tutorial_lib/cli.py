@@ -108,11 +108,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from .data import DataError
+    from .env import default_num_workers
     from .prepare import open_source, prepare
 
     try:
         data = open_source(args.name, args.source, seed=args.seed)
-        out = prepare(data, args.output, size=args.size, crop=args.crop, chunk_size=args.chunk_size)
+        workers = default_num_workers(max_workers=64) if args.workers is None else args.workers
+        out = prepare(data, args.output, size=args.size, crop=args.crop, chunk_size=args.chunk_size, workers=workers)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -164,6 +166,7 @@ def _add_scale_out_commands(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("--crop", choices=["disc", "pad"], help="default: disc for fundus sets, pad otherwise")
     prep.add_argument("--output", help="default: <cache>/prepared/NAME_SIZE")
     prep.add_argument("--chunk-size", type=int, default=256)
+    prep.add_argument("--workers", type=int, help="decoding processes (default: cores - 1)")
     prep.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
     prep.set_defaults(func=_cmd_prepare)
 

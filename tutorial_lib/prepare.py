@@ -117,9 +117,14 @@ def prepared_dir(name: str, size: int) -> Path:
 
 
 def _process(split: ImageSplit, index: int, size: int, crop: str) -> np.ndarray:
+    """One image of ``split``, decoded, cropped and resized: ``(size, size, 3)`` uint8."""
+    return _process_item(split.images[index], size, crop)
+
+
+def _process_item(item: Any, size: int, crop: str) -> np.ndarray:
     from .preprocess import NoDiscFoundWarning, crop_to_disc, resize_pad
 
-    image = split.image(index)
+    image = ImageSplit([item] if isinstance(item, (str, Path)) else np.asarray(item)[None], np.zeros(1)).image(0)
     if crop == "disc":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoDiscFoundWarning)  # a centre crop then; rare on real fundus photos
@@ -127,6 +132,14 @@ def _process(split: ImageSplit, index: int, size: int, crop: str) -> np.ndarray:
     else:
         out = resize_pad(image, size)
     return np.asarray(out, dtype=np.uint8)  # (size, size, 3)
+
+
+def _try_process(args: tuple[Any, int, str]) -> tuple[np.ndarray | None, str]:
+    """:func:`_process_item` for a worker process: the array, or ``None`` and why it failed."""
+    try:
+        return _process_item(*args), ""
+    except (OSError, ValueError, SyntaxError) as err:  # a damaged file
+        return None, f"{args[0]}: {type(err).__name__}: {err}"[:300]
 
 
 def _fingerprint(data: ClassificationData, size: int, crop: str) -> str:
@@ -165,14 +178,18 @@ def _open_array(path: Path, shape: tuple[int, ...]) -> np.memmap:
 
 
 def prepare(data: ClassificationData, out: str | Path | None = None, *, size: int = 224, crop: str | None = None,
-            chunk_size: int = 256, progress: bool = True, max_chunks: int | None = None) -> Path | None:
+            chunk_size: int = 256, workers: int = 0, progress: bool = True,
+            max_chunks: int | None = None) -> Path | None:
     """Decode, crop and resize every image of ``data`` once into ``out`` (default :func:`prepared_dir`).
 
     ``crop``: ``"disc"`` (fundus), ``"pad"`` (resize the longer side and pad) or ``None``
     (chosen from the dataset's task). Re-running continues an interrupted preparation;
     different data or settings start it afresh. ``max_chunks`` stops after that many new
-    chunks and returns ``None`` (a test's interruption). Returns the folder when complete.
+    chunks and returns ``None`` (a test's interruption). ``workers`` > 1 decodes in that
+    many processes (the result is the same). Returns the folder when complete.
     """
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm.auto import tqdm
 
     crop = crop or default_crop(data)
@@ -198,6 +215,7 @@ def prepare(data: ClassificationData, out: str | Path | None = None, *, size: in
     bar = tqdm(total=sum(sizes.values()), initial=already, desc=f"preparing {data.name} at {size} px", unit="img",
                disable=not progress)
     new_chunks, started = 0, time.perf_counter()
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
         for name in SPLITS:
             split = data.splits[name]
@@ -208,12 +226,15 @@ def prepare(data: ClassificationData, out: str | Path | None = None, *, size: in
                     continue
                 if max_chunks is not None and new_chunks >= max_chunks:
                     return None
-                for i in range(start, min(start + chunk_size, sizes[name])):
-                    try:
-                        images[i] = _process(split, i, size, crop)
-                    except (OSError, ValueError, SyntaxError) as err:  # a damaged file: black, and listed
+                indices = range(start, min(start + chunk_size, sizes[name]))
+                jobs = [(split.images[i], size, crop) for i in indices]
+                done = pool.map(_try_process, jobs, chunksize=8) if pool else map(_try_process, jobs)
+                for i, (array, problem) in zip(indices, done):
+                    if array is None:  # a damaged file: black, listed, and left out by load_prepared
                         images[i] = 0
-                        state["failed"][name].append([i, f"{split.images[i]}: {type(err).__name__}: {err}"[:300]])
+                        state["failed"][name].append([i, problem])
+                    else:
+                        images[i] = array
                     bar.update(1)
                 images.flush()
                 state["done"][name].append(c)
@@ -224,6 +245,8 @@ def prepare(data: ClassificationData, out: str | Path | None = None, *, size: in
             del images
     finally:
         bar.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     n_failed = sum(len(v) for v in state["failed"].values())
     if n_failed:
         warnings.warn(f"{n_failed} image(s) could not be decoded and are left out; see {manifest_path}.", stacklevel=2)
