@@ -146,10 +146,10 @@ REGISTRY: dict[str, DatasetInfo] = {
             "Kaggle competition rules (registration required)",
             "https://www.kaggle.com/c/diabetic-retinopathy-detection",
             manual_steps=("Accept the competition rules on its Kaggle page, put your API token in ~/.kaggle/kaggle.json "
-                          "(chmod 600), pip install kaggle, then (about 88 GB of downloads):\n"
+                          "(chmod 600), pip install kaggle, then (tens of GB):\n"
                           "kaggle competitions download -c diabetic-retinopathy-detection -p <cache>/eyepacs\n"
-                          "cd <cache>/eyepacs && cat train.zip.* > train_all.zip && unzip -q train_all.zip "
-                          "&& unzip -q trainLabels.csv.zip\n"
+                          "cd <cache>/eyepacs && unzip -q diabetic-retinopathy-detection.zip && 7z x train.zip.001 "
+                          "&& unzip -q trainLabels.csv.zip   (train.zip.001-005 are one split archive; 7z is p7zip)\n"
                           "(trainLabels.csv with image,level; photos train/<image>.jpeg). Then:\n"
                           "python -m tutorial_lib prepare eyepacs --size 512   # or load_registered('eyepacs')")),
         DatasetInfo(
@@ -158,7 +158,7 @@ REGISTRY: dict[str, DatasetInfo] = {
             "Kaggle competition rules (registration required)",
             "https://www.kaggle.com/c/aptos2019-blindness-detection",
             manual_steps=("Accept the competition rules on its Kaggle page, put your API token in ~/.kaggle/kaggle.json "
-                          "(chmod 600), pip install kaggle, then (about 10 GB):\n"
+                          "(chmod 600), pip install kaggle, then (several GB):\n"
                           "kaggle competitions download -c aptos2019-blindness-detection -p <cache>/aptos2019\n"
                           "cd <cache>/aptos2019 && unzip -q aptos2019-blindness-detection.zip\n"
                           "(train.csv with id_code,diagnosis; photos train_images/<id_code>.png). Then:\n"
@@ -169,7 +169,7 @@ REGISTRY: dict[str, DatasetInfo] = {
             "MIT (as declared by the source)",
             "https://www.kaggle.com/datasets/paramaggarwal/fashion-product-images-dataset",
             manual_steps=("Put your Kaggle API token in ~/.kaggle/kaggle.json (chmod 600), pip install kaggle, then "
-                          "(about 25 GB; the -small dataset, 0.6 GB, has the same layout at 80 px):\n"
+                          "(tens of GB; the -small dataset has the same layout with smaller photos):\n"
                           "kaggle datasets download -d paramaggarwal/fashion-product-images-dataset "
                           "-p <cache>/fashion_products_full --unzip\n"
                           "(fashion-dataset/styles.csv with id and tag columns; photos fashion-dataset/images/<id>.jpg). "
