@@ -170,3 +170,17 @@ def test_prepare_in_worker_processes_lists_damaged_files(eyepacs_replica, tmp_pa
     manifest = json.loads((parallel / "manifest.json").read_text())
     assert manifest["failed"]["train"][0][0] == 3 and str(damaged) in manifest["failed"]["train"][0][1]
     assert len(tlp.load_prepared(parallel).train) == len(data.train) - 1
+
+
+def test_cli_prepare_then_train_on_the_prepared_folder(photo_folder, tmp_path, capsys):
+    from tutorial_lib.cli import main
+
+    out = tmp_path / "prepared"
+    assert main(["prepare", str(photo_folder), "--size", "32", "--output", str(out), "--workers", "0"]) == 0
+    assert tlp.is_prepared(out) and str(out) in capsys.readouterr().out
+    results = tmp_path / "train.json"
+    assert main(["train", "--data", str(out), "--backbone", "efficientnet_lite0", "--strategy", "finetune_top",
+                 "--epochs", "1", "--batch-size", "8", "--image-size", "32", "--num-workers", "0", "--device", "cpu",
+                 "--quiet", "--results", str(results)]) == 0
+    summary = json.loads(results.read_text())
+    assert summary["world_size"] == 1 and summary["strategy"] == "finetune_top" and "prepared at 32 px" in summary["split_note"]

@@ -45,11 +45,12 @@ def train_job(data: str, *, backbone: str = "auto", strategy: str = "finetune_fu
 
     ``amp`` and ``channels_last`` default to on for CUDA, off elsewhere. ``batch_size`` is
     the global batch per optimizer step, whatever the number of processes.
+    ``train_images_per_second`` in the summary counts each epoch's validation pass in its time.
     """
     import numpy as np
 
     from . import distributed
-    from .env import default_num_workers
+    from .env import default_num_workers, seed_everything
     from .metrics import classification_metrics
     from .models import load_backbone, make_transform
     from .train import FrozenTrunk, TrainConfig, finetune_full, finetune_top, limit_split, top_stages
@@ -61,6 +62,7 @@ def train_job(data: str, *, backbone: str = "auto", strategy: str = "finetune_fu
         dataset = load_training_data(data, source=source, image_size=image_size, seed=seed)
         splits = {name: limit_split(split, max_images, seed) for name, split in dataset.splits.items()}
         n_classes = len(dataset.classes)
+        seed_everything(seed)  # the new head's initial weights (DDP then copies rank 0's to every rank)
         net = load_backbone(backbone, num_classes=n_classes)
         size = {"input_size": (3, image_size, image_size)}
         eval_tf = make_transform(net, **size)
