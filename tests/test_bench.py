@@ -84,3 +84,25 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "| Figure | Target | Measured | Met |" in md
     assert "| Largest notebook peak RSS | ≤ 2048 MB | 2,500 MB | no |" in md
+
+
+def _bench_dict(ratio_lower_bound: bool, ratio: float, demo_total: float | None) -> dict:
+    ours, recipe = _run([60.0], accuracies=[0.9]), _run([600.0], budget=600, accuracies=[0.8])
+    tta = bench.summarise_time_to_accuracy(ours, recipe if ratio_lower_bound else _run([ratio * 60], accuracies=[0.9]))
+    rate = {"fraction_of_limit": 0.6, "images_per_s": 60.0, "limit_images_per_s": 100.0}
+    return {"date": "today", "machine": {"cpu": "x", "usable_cores": 2, "torch_threads": 2, "torch": "t",
+                                         "device": "cpu"},
+            "matmul_peak_flops": 1e11, "time_to_accuracy_ratio": tta["time_to_accuracy_ratio"],
+            "time_to_accuracy": tta, "throughput": {"feature_extraction": rate, "finetune_step": rate},
+            "demo": {"source": "s", "notebooks": {}, "total_seconds": demo_total, "max_peak_rss_mb": None}}
+
+
+def test_markdown_says_what_is_met_and_what_a_lower_bound_cannot_show():
+    md = bench.markdown_table(_bench_dict(False, 12.0, 500.0))
+    assert "| ≥ 10× | 12.0× (720 s / 60 s) | yes |" in md
+    assert "| ≥ 50% | 60% (60.0 of 100.0 img/s) | yes |" in md
+    assert "| ≤ 600 s | 500 s | yes |" in md and "| ≤ 2048 MB | — | — |" in md
+    md = bench.markdown_table(_bench_dict(True, 0.0, None))  # recipe out of budget at 600 s: ratio >= 10
+    assert "| ≥ 10× | ≥ 10.0× (≥ 600 s / 60 s) | yes |" in md
+    md = bench.markdown_table(_bench_dict(False, 4.0, 700.0))
+    assert "| 4.0× (240 s / 60 s) | no |" in md and "| ≤ 600 s | 700 s | no |" in md
