@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["cli", "data", "distributed", "env", "explain", "features", "jobs", "metrics", "models", "plots", "prepare", "preprocess", "report", "runner", "tagging", "train"]
+__all__ = ["bench", "cli", "data", "distributed", "env", "explain", "features", "jobs", "metrics", "models", "plots", "prepare", "preprocess", "report", "runner", "tagging", "train"]
 
 
 def __getattr__(name: str) -> Any:
