@@ -51,7 +51,7 @@ class Profile:
     top_epochs: int  # epochs of finetune_top on cached activations
     full_epochs: int  # epochs of finetune_full end to end (0 skips it)
     full_train_images: int | None  # cap on images per epoch for finetune_full (None: all)
-    batch_size: int
+    batch_size: int  # images per batch of the frozen trunk's one pass over the data
     amp: bool  # mixed precision (CUDA only)
     channels_last: bool
     max_images: int | None = None  # cap on every split (quick smoke runs)
@@ -63,7 +63,8 @@ PROFILES = {
     # A laptop CPU in a few minutes: cached-activation training does most of the work.
     # No finetune_full: on 2 CPU cores one end-to-end epoch at 224 px takes minutes and >2 GB (measured),
     # and a token epoch only disturbed the pretrained BatchNorm statistics (test accuracy fell 0.90 -> 0.84).
-    "default": Profile("default", 224, 8, 0, None, 128, amp=False, channels_last=False),
+    # Batches of 16 for the trunk's pass: at 128 it peaked at 3.1 GB (Lite0's 112 px feature maps), at 16 1.1 GB.
+    "default": Profile("default", 224, 8, 0, None, 16, amp=False, channels_last=False),
     # A GPU: end-to-end fine-tuning at 224 px with mixed precision and a large batch.
     "full": Profile("full", 224, 20, 12, None, 128, amp=True, channels_last=True),
 }
@@ -271,6 +272,9 @@ class FrozenTrunk:
         self.backbone, self.cut, self.transform, self.device = backbone, cut, transform, device
         self.cache_dir, self.batch_size, self.num_workers = cache_dir, batch_size, num_workers
         self.trunk, top = split_model(backbone, cut)
+        if device.type == "cpu":
+            # measured on 2 cores, Lite0 at 224 px, 384 photos in batches of 16: 8.9 s channels-last, 12.6 s without
+            self.trunk.to(memory_format=torch.channels_last)
         # the pretrained top without dropout and head: activations -> pooled features
         self._pool = nn.Sequential(*[m for m in list(top)[:-1] if not isinstance(m, nn.Dropout)])
         self._pool_state = {k: v.detach().clone() for k, v in self._pool.state_dict().items()}
@@ -281,7 +285,7 @@ class FrozenTrunk:
 
         pipeline = self.transform if view == "identity" else transforms.Compose([View(view), self.transform])
         key = {"backbone": self.backbone.name, "weights": self.backbone.weights, "cut": self.cut,
-               "transform": repr(self.transform), "view": view, "data": split_fingerprint(split), "version": 3}
+               "transform": repr(self.transform), "view": view, "data": split_fingerprint(split), "version": 4}
         return cached_array(self.cache_dir, key, lambda: compute_activations(
             self.trunk, split, pipeline, self.device, batch_size=self.batch_size, num_workers=self.num_workers,
             desc=f"{self.backbone.name} up to {self.cut} ({view})", dtype=torch.float16))
