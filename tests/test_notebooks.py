@@ -23,8 +23,11 @@ NOTEBOOKS = tlrun.discover_notebooks()
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_with_papermill(notebook, tmp_path):
     results = tmp_path / "results.json"
-    parameters = {"FIGURES_DIR": str(tmp_path / "figures"), "PROFILE": "quick"}
-    if "CACHE_DIR" in papermill.inspect_notebook(str(notebook)):
+    parameters = {"FIGURES_DIR": str(tmp_path / "figures")}
+    declared = papermill.inspect_notebook(str(notebook))
+    if "PROFILE" in declared:
+        parameters["PROFILE"] = "quick"
+    if "CACHE_DIR" in declared:
         parameters["CACHE_DIR"] = str(tmp_path / "cache")
     tlrun.run_notebooks([notebook], output_dir=tmp_path, parameters=parameters, results=results,
                         echo=lambda *_: None)

@@ -57,3 +57,16 @@ def test_lock_file_agrees_with_the_pins():
     locked = _pins((ROOT / "requirements.lock").read_text().splitlines())
     for name, version in _pyproject_pins().items():
         assert locked.get(name) == version, f"{name}: pyproject {version}, lock {locked.get(name)}"
+
+
+def test_readme_binder_badge_opens_a_notebook_that_exists():
+    badge = re.search(r"\(https://mybinder\.org/v2/gh/[^/]+/[^/]+/HEAD\?urlpath=lab/tree/([^)]+)\)",
+                      (ROOT / "README.md").read_text())
+    assert badge, "README.md has no Binder badge"
+    assert (ROOT / badge.group(1)).is_file(), f"the Binder badge opens {badge.group(1)}, which does not exist"
+
+
+def test_the_reference_run_ships_with_the_package():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "reference_results.json" in project["tool"]["setuptools"]["package-data"]["tutorial_lib"]
+    assert (ROOT / "tutorial_lib" / "reference_results.json").is_file()
