@@ -164,19 +164,21 @@ def throughput(backbone_name: str, profile, device: torch.device, *, n_classes: 
     """
     from .env import seed_everything
     from .models import load_backbone
-    from .train import class_weights, param_groups, split_model
+    from .train import FrozenTrunk, class_weights, param_groups, split_model
     from .train import top_stages as cut_at
 
     seed_everything(seed)
     backbone = load_backbone(backbone_name, num_classes=n_classes)
-    trunk, top = split_model(backbone, cut_at(backbone, top_stages))
-    trunk, top = trunk.to(device).eval(), top.to(device)
+    # the trunk exactly as FrozenTrunk prepares it (channels-last on a CPU); the top as finetune_top trains it
+    trunk = FrozenTrunk(backbone, cut_at(backbone, top_stages), transform=None, device=device).trunk.to(device)
+    _, top = split_model(backbone, cut_at(backbone, top_stages))
+    top = top.to(device)
     if profile.channels_last:
         trunk = trunk.to(memory_format=torch.channels_last)
+    stem_weight = next(p for p in trunk.parameters() if p.dim() == 4)
+    channels_last = stem_weight.is_contiguous(memory_format=torch.channels_last)
     size, batch = profile.image_size, profile.batch_size
-    images = torch.randn(batch, 3, size, size, device=device)  # (batch, 3, H, W)
-    if profile.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = torch.randn(batch, 3, size, size, device=device)  # (batch, 3, H, W); the trunk converts its input
 
     def extract() -> None:
         with torch.no_grad():
@@ -209,7 +211,7 @@ def throughput(backbone_name: str, profile, device: torch.device, *, n_classes: 
     return {
         "feature_extraction": {"images_per_s": extract_rate, "flops_per_image": extract_flops,
                                "limit_images_per_s": extract_limit, "fraction_of_limit": extract_rate / extract_limit,
-                               "batch_size": batch, "image_size": size, "channels_last": profile.channels_last,
+                               "batch_size": batch, "image_size": size, "channels_last": channels_last,
                                "what": f"{backbone.name} trunk up to {cut_at(backbone, top_stages)}, eval, no_grad"},
         "finetune_step": {"images_per_s": step_rate, "flops_per_image": step_flops,
                           "limit_images_per_s": step_limit, "fraction_of_limit": step_rate / step_limit,
