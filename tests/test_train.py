@@ -176,3 +176,41 @@ def test_profiles():
     assert tlt.get_profile("full", torch.device("cpu")).amp is False
     with pytest.raises(ValueError, match="Unknown PROFILE"):
         tlt.get_profile("turbo", torch.device("cpu"))
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    assert tlt.resolve_precision("float32", cpu) == "float32"
+    monkeypatch.setattr(tlt, "native_bfloat16", lambda device: True)
+    assert tlt.resolve_precision("auto", cpu) == "bfloat16"
+    monkeypatch.setattr(tlt, "native_bfloat16", lambda device: False)
+    assert tlt.resolve_precision("auto", cpu) == "float32"
+    with pytest.raises(ValueError, match="Unknown precision 'fp8'"):
+        tlt.resolve_precision("fp8", cpu)
+
+
+def test_bfloat16_activations_stay_close_to_float32_and_are_cached_apart(lite0, clothing, tmp_path):
+    """The bf16 trunk (used by default where the CPU computes bf16) must give nearly the float32 activations,
+    and the two precisions must never be served from each other's cache entries."""
+    from tutorial_lib.models import make_transform
+
+    split = clothing.test.subset(np.arange(6))
+    tf = make_transform(lite0, input_size=(3, 96, 96))
+    lite0.model.eval()
+    acts = {}
+    for precision in ("float32", "bfloat16"):
+        frozen = tlt.FrozenTrunk(lite0, "conv_head", tf, torch.device("cpu"), cache_dir=tmp_path, batch_size=4,
+                                 precision=precision)
+        assert frozen.precision == precision
+        acts[precision] = frozen.activations(split).astype(np.float32)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    a, b = acts["float32"], acts["bfloat16"]
+    assert a.shape == b.shape == (6, 320, 3, 3)
+    assert not np.array_equal(a, b)  # bf16 was really used
+    rel = np.linalg.norm(a - b) / np.linalg.norm(a)
+    assert rel < 0.05, rel
+    # per image, the bf16 activations point the same way as the float32 ones
+    cos = (a * b).reshape(6, -1).sum(1) / (np.linalg.norm(a.reshape(6, -1), axis=1) * np.linalg.norm(b.reshape(6, -1), axis=1))
+    assert cos.min() > 0.995, cos
+    for p in lite0.model.parameters():
+        p.requires_grad_(True)

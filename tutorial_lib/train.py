@@ -243,19 +243,49 @@ class View:
         return f"View({self.name!r})"
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(bool(check()) for check in checks if check is not None)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` -> ``"bfloat16"`` where the hardware computes it natively, else ``"float32"``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return precision
+
+
 @torch.no_grad()
 def compute_activations(module: nn.Module, split: ImageSplit, transform: Callable, device: torch.device, *,
                         batch_size: int = 64, num_workers: int = 0, desc: str = "activations",
-                        dtype: torch.dtype = torch.float32) -> np.ndarray:
-    """Run every image of ``split`` through ``module`` (in eval mode) and return the outputs as an array."""
+                        dtype: torch.dtype = torch.float32, precision: str = "float32") -> np.ndarray:
+    """Run every image of ``split`` through ``module`` (in eval mode) and return the outputs as an array.
+
+    ``precision="bfloat16"`` runs the module under autocast (matrix products in bfloat16, results
+    returned as ``dtype``); ``"float32"`` runs it as it is.
+    """
     from tqdm.auto import tqdm
 
     module = module.to(device).eval()
     loader = DataLoader(ImageDataset(split, transform), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, worker_init_fn=seed_worker)
+    precision = resolve_precision(precision, device)
     outputs = []
     for x, _ in tqdm(loader, desc=desc, leave=False):
-        outputs.append(module(x.to(device)).to(dtype).cpu())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            y = module(x.to(device))
+        outputs.append(y.to(dtype).cpu())
     return torch.cat(outputs).numpy()
 
 
@@ -268,9 +298,14 @@ class FrozenTrunk:
     """
 
     def __init__(self, backbone: Backbone, cut: str, transform: Callable, device: torch.device, *,
-                 cache_dir: Path | None = None, batch_size: int = 64, num_workers: int = 0) -> None:
+                 cache_dir: Path | None = None, batch_size: int = 64, num_workers: int = 0,
+                 precision: str = "auto") -> None:
         self.backbone, self.cut, self.transform, self.device = backbone, cut, transform, device
         self.cache_dir, self.batch_size, self.num_workers = cache_dir, batch_size, num_workers
+        # bfloat16 where the hardware has it. Measured on the 2-core AVX512-BF16 machine, Lite0 at 224 px, batches
+        # of 16: 63 -> 140 images/s; clothing test accuracy of the linear probe 0.882 -> 0.884, finetune_top 0.901
+        # both ways. The cache stores float16 either way; the precision is part of the cache key.
+        self.precision = resolve_precision(precision, device)
         self.trunk, top = split_model(backbone, cut)
         if device.type == "cpu":
             # measured on 2 cores, Lite0 at 224 px, 384 photos in batches of 16: 8.9 s channels-last, 12.6 s without
@@ -285,10 +320,12 @@ class FrozenTrunk:
 
         pipeline = self.transform if view == "identity" else transforms.Compose([View(view), self.transform])
         key = {"backbone": self.backbone.name, "weights": self.backbone.weights, "cut": self.cut,
-               "transform": repr(self.transform), "view": view, "data": split_fingerprint(split), "version": 4}
+               "transform": repr(self.transform), "view": view, "data": split_fingerprint(split), "version": 4,
+               "precision": self.precision}
         return cached_array(self.cache_dir, key, lambda: compute_activations(
             self.trunk, split, pipeline, self.device, batch_size=self.batch_size, num_workers=self.num_workers,
-            desc=f"{self.backbone.name} up to {self.cut} ({view})", dtype=torch.float16))
+            desc=f"{self.backbone.name} up to {self.cut} ({view}, {self.precision})", dtype=torch.float16,
+            precision=self.precision))
 
     @torch.no_grad()
     def pooled(self, activations: np.ndarray, batch_size: int = 256) -> np.ndarray:
