@@ -29,6 +29,13 @@ def test_linear_flops_forward_and_backward():
 def test_grouped_conv_flops():
     conv = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)  # depthwise: 9 multiply-adds per output
     assert bench.model_flops(conv, (2, 16, 10, 10)) == 2 * 2 * 16 * 10 * 10 * 9
+    # backward of a depthwise conv: its weight gradient costs what the forward costs (torch's own formula
+    # ignores the groups there and would count 16x more); the input needs no gradient
+    assert bench.model_flops(conv, (2, 16, 10, 10), backward=True) == 2 * (2 * 2 * 16 * 10 * 10 * 9)
+    dense = nn.Conv2d(16, 8, 3, padding=1, bias=False)
+    assert bench.model_flops(nn.Sequential(dense, nn.Conv2d(8, 8, 1, bias=False)), (2, 16, 10, 10), backward=True) == (
+        2 * (2 * 2 * 16 * 8 * 10 * 10 * 9)  # first layer: forward + weight gradient (its input needs none)
+        + 3 * (2 * 2 * 8 * 8 * 10 * 10))  # second layer: forward + weight gradient + gradient for the first
 
 
 def test_matmul_peak_is_positive_and_repeatable():
