@@ -214,3 +214,38 @@ def test_bfloat16_activations_stay_close_to_float32_and_are_cached_apart(lite0, 
     assert cos.min() > 0.995, cos
     for p in lite0.model.parameters():
         p.requires_grad_(True)
+
+
+@pytest.mark.parametrize("fixture,cut", [("lite0", "blocks.6"), ("tiny_googlenet", "inception4e")])
+def test_frozen_trunk_folds_batch_norms_without_touching_the_backbone(request, fixture, cut):
+    backbone = request.getfixturevalue(fixture)
+    backbone.model.eval()
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in tlt.split_model(backbone, cut)[0].modules())
+    frozen = tlt.FrozenTrunk(backbone, cut, None, torch.device("cpu"), precision="float32")
+    assert n_bn > 10 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.trunk.modules())
+    x = torch.randn(2, 3, 96, 96)
+    trunk, _ = tlt.split_model(backbone, cut)
+    with torch.no_grad():
+        expected = trunk.eval()(x)
+        assert torch.allclose(frozen.trunk(x), expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
+    after = backbone.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the backbone still has its batch norms
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.model.modules())
+    for p in backbone.model.parameters():
+        p.requires_grad_(True)
+
+
+def test_a_fold_that_changes_the_output_is_refused():
+    class RunsBackwards(torch.nn.Module):  # children registered in an order other than the one they run in
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)
+            self.bn.running_mean.fill_(0.5)
+            self.bn.running_var.fill_(4.0)
+
+        def forward(self, x):
+            return self.conv(self.bn(x))
+
+    module = torch.nn.Sequential(RunsBackwards()).eval()
+    assert tlt.folded_copy(module) is module

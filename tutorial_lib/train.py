@@ -289,6 +289,48 @@ def compute_activations(module: nn.Module, split: ImageSplit, transform: Callabl
     return torch.cat(outputs).numpy()
 
 
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm2d into the Conv2d registered just before it, in place, for inference in eval mode.
+
+    The convolution's weights and bias absorb the normalisation (``torch.nn.utils.fusion``);
+    the batch norm is replaced by what it applied after normalising (timm's ``BatchNormAct2d``
+    keeps its dropout and activation), or by an identity. It relies on children being registered
+    in the order they run, so check the result against the original (:func:`folded_copy` does).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    names = list(module._modules)
+    for first, second in zip(names, names[1:]):
+        conv, bn = module._modules[first], module._modules[second]
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats \
+                and conv.out_channels == bn.num_features:
+            module._modules[first] = fuse_conv_bn_eval(conv.eval(), bn.eval())
+            after = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
+            module._modules[second] = nn.Sequential(*after) if after else nn.Identity()
+    for child in module.children():
+        fold_batchnorm(child)
+    return module
+
+
+@torch.no_grad()
+def folded_copy(trunk: nn.Module, input_size: int = 96) -> nn.Module:
+    """A copy of ``trunk`` with its batch norms folded, if it computes what ``trunk`` computes; else ``trunk``.
+
+    Measured on 2 CPU cores, Lite0 up to ``blocks.6`` at 224 px in bfloat16: 161 -> 205 images/s
+    (a batch norm is a pass over memory that the convolution before it can do for free).
+    """
+    import copy
+
+    folded = fold_batchnorm(copy.deepcopy(trunk).eval())
+    x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    device = next(trunk.parameters()).device
+    expected, got = trunk.eval()(x.to(device)), folded(x.to(device))
+    if not isinstance(expected, torch.Tensor) or expected.shape != got.shape or \
+            not torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()) + 1e-6):
+        return trunk
+    return folded
+
+
 class FrozenTrunk:
     """The frozen lower part of a backbone, cut before stage ``cut``, with cached activations.
 
@@ -307,6 +349,7 @@ class FrozenTrunk:
         # both ways. The cache stores float16 either way; the precision is part of the cache key.
         self.precision = resolve_precision(precision, device)
         self.trunk, top = split_model(backbone, cut)
+        self.trunk = folded_copy(self.trunk)  # a copy: the backbone keeps its batch norms for fine-tuning
         if device.type == "cpu":
             # measured on 2 cores, Lite0 at 224 px, 384 photos in batches of 16: 8.9 s channels-last, 12.6 s without
             self.trunk.to(memory_format=torch.channels_last)
@@ -320,7 +363,7 @@ class FrozenTrunk:
 
         pipeline = self.transform if view == "identity" else transforms.Compose([View(view), self.transform])
         key = {"backbone": self.backbone.name, "weights": self.backbone.weights, "cut": self.cut,
-               "transform": repr(self.transform), "view": view, "data": split_fingerprint(split), "version": 4,
+               "transform": repr(self.transform), "view": view, "data": split_fingerprint(split), "version": 5,
                "precision": self.precision}
         return cached_array(self.cache_dir, key, lambda: compute_activations(
             self.trunk, split, pipeline, self.device, batch_size=self.batch_size, num_workers=self.num_workers,
