@@ -515,7 +515,7 @@ def run_bench(settings: BenchSettings = BenchSettings(), device: torch.device | 
     """Measure everything and return the ``bench.json`` content (see the module docstring)."""
     from .data import load_dataset
     from .env import get_device
-    from .train import get_profile, limit_split
+    from .train import get_profile, limit_split, resolve_precision
 
     device = device or get_device("auto")
     started = time.perf_counter()
@@ -529,8 +529,6 @@ def run_bench(settings: BenchSettings = BenchSettings(), device: torch.device | 
 
     echo(f"[bench] matrix-multiply peak ({settings.matmul_size}^2, float32) ...")
     peak = matmul_peak_flops(torch.float32, settings.matmul_size, device)
-    from .train import resolve_precision
-
     peak_bf16 = None
     if resolve_precision("auto", device) == "bfloat16":  # the trunk will run in bfloat16: measure that rate too
         peak_bf16 = matmul_peak_flops(torch.bfloat16, settings.matmul_size, device)
