@@ -181,7 +181,7 @@ def throughput(backbone_name: str, profile, device: torch.device, *, n_classes: 
     """
     from .env import seed_everything
     from .models import load_backbone
-    from .train import FrozenTrunk, class_weights, param_groups, split_model
+    from .train import FrozenTrunk, class_weights, param_groups, precision_autocast, split_model
     from .train import top_stages as cut_at
 
     seed_everything(seed)
@@ -199,7 +199,7 @@ def throughput(backbone_name: str, profile, device: torch.device, *, n_classes: 
     images = torch.randn(batch, 3, size, size, device=device)  # (batch, 3, H, W); the trunk converts its input
 
     def extract() -> None:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        with torch.no_grad(), precision_autocast(device, precision):
             trunk(images).to(torch.float16).cpu()
 
     extract_rate = _best_rate(extract, batch, device, repeats=repeats, steps=steps)

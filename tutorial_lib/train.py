@@ -266,6 +266,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def precision_autocast(device: torch.device, precision: str):
+    """The autocast context a frozen pass runs in: bfloat16 matrix products for ``"bfloat16"``, none for ``"float32"``."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
 @torch.no_grad()
 def compute_activations(module: nn.Module, split: ImageSplit, transform: Callable, device: torch.device, *,
                         batch_size: int = 64, num_workers: int = 0, desc: str = "activations",
@@ -283,7 +288,7 @@ def compute_activations(module: nn.Module, split: ImageSplit, transform: Callabl
     precision = resolve_precision(precision, device)
     outputs = []
     for x, _ in tqdm(loader, desc=desc, leave=False):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        with precision_autocast(device, precision):
             y = module(x.to(device))
         outputs.append(y.to(dtype).cpu())
     return torch.cat(outputs).numpy()
