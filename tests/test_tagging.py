@@ -235,6 +235,27 @@ def test_training_resumes_from_its_checkpoint(vocab, tmp_path):
     assert len(other) == 1  # different settings: the old checkpoint is not used
 
 
+def test_tagger_precision_is_resolved_used_and_part_of_the_checkpoint(vocab, tmp_path, monkeypatch):
+    ids, _ = vocab.encode(catalogue(16))
+    acts = np.random.default_rng(1).normal(size=(16, 6)).astype(np.float32)
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        config = tg.TaggerConfig(epochs=2, batch_size=4, warmup_epochs=0, precision=precision)
+        runs[precision] = tg.fit_tagger(tiny_lstm(vocab), (acts, ids), (acts, ids), config, torch.device("cpu"),
+                                        checkpoint=tmp_path / "tagger.pt", progress=False)
+        assert len(runs[precision]) == 2  # the other precision's checkpoint was not resumed
+    assert not np.allclose(runs["float32"]["train_loss"], runs["bfloat16"]["train_loss"])
+    # "auto" is whichever the hardware computes natively, and resumes that run's checkpoint
+    monkeypatch.setattr("tutorial_lib.train.native_bfloat16", lambda device: True)
+    auto = tg.fit_tagger(tiny_lstm(vocab, seed=9), (acts, ids), (acts, ids),
+                         tg.TaggerConfig(epochs=2, batch_size=4, warmup_epochs=0), torch.device("cpu"),
+                         checkpoint=tmp_path / "tagger.pt", progress=False)
+    pd.testing.assert_frame_equal(auto, runs["bfloat16"])
+    with pytest.raises(ValueError, match="Unknown precision"):
+        tg.fit_tagger(tiny_lstm(vocab), (acts, ids), (acts, ids), tg.TaggerConfig(epochs=1, precision="half"),
+                      torch.device("cpu"), progress=False)
+
+
 def test_combination_rates():
     reference = catalogue(8)
     good = reference.copy()

@@ -119,6 +119,32 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_bfloat16_training_on_the_cpu_learns_resumes_exactly_and_differs_from_float32(tmp_path):
+    """amp on a CPU means bfloat16 autocast (used for the top where the CPU computes bf16 natively): it must
+    really run in bf16, still learn, and resume from a checkpoint to the same weights."""
+    with tlt._autocast(torch.device("cpu"), True):
+        assert torch.nn.Linear(4, 2)(torch.randn(3, 4)).dtype == torch.bfloat16
+    with tlt._autocast(torch.device("cpu"), True, "float16"):  # float16 autocast is a GPU feature: plain float32
+        assert torch.nn.Linear(4, 2)(torch.randn(3, 4)).dtype == torch.float32
+    train, val = _toy_problem()
+    kwargs = dict(head_prefixes=["3"], n_classes=3, train_labels=train.tensors[1].numpy(), progress=False)
+    histories, models = {}, {}
+    for amp in (False, True):
+        config = tlt.TrainConfig(epochs=15, batch_size=16, lr_head=1e-2, lr_backbone=1e-2, seed=0, amp=amp)
+        models[amp] = _toy_model()
+        histories[amp] = tlt.fit(models[amp], train, val, config, torch.device("cpu"), **kwargs)
+    assert not np.allclose(histories[True]["train_loss"], histories[False]["train_loss"])  # bf16 really used
+    assert histories[True]["val_accuracy"].max() > 0.7
+    assert all(p.dtype == torch.float32 for p in models[True].parameters())  # weights stay float32
+    ckpt = tmp_path / "bf16.pt"
+    tlt.fit(_toy_model(), train, val, config, torch.device("cpu"), checkpoint=ckpt, stop_after_epoch=2, **kwargs)
+    resumed = _toy_model()
+    again = tlt.fit(resumed, train, val, config, torch.device("cpu"), checkpoint=ckpt, **kwargs)
+    assert np.allclose(again["train_loss"], histories[True]["train_loss"])
+    for a, b in zip(models[True].state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
     train, val = _toy_problem()
     kwargs = dict(head_prefixes=["3"], n_classes=3, train_labels=train.tensors[1].numpy(), progress=False)

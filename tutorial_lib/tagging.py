@@ -22,7 +22,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,7 +34,8 @@ from torch.nn import functional as F
 
 from .env import make_generator, seed_everything
 from .models import Backbone
-from .train import atomic_save, load_checkpoint, param_groups, split_model, warmup_cosine
+from .train import (atomic_save, load_checkpoint, param_groups, precision_autocast, resolve_precision, split_model,
+                    warmup_cosine)
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
@@ -468,6 +469,7 @@ class TaggerConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     seed: int = 0
+    precision: str = "auto"  # bfloat16 mixed precision where the hardware has it natively, else float32
 
 
 def _tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -506,7 +508,8 @@ def fit_tagger(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tupl
     """Train a tagger (``IndependentHeads`` or ``CNNLSTMTagger``) on ``(activations, tokens)`` pairs.
 
     The encoder's pretrained layers learn at ``lr_encoder``, everything new at ``lr_head``
-    (warm-up, then cosine decay). After every epoch the validation tags are predicted
+    (warm-up, then cosine decay); the forward pass runs in ``config.precision`` (bfloat16
+    autocast where the hardware has it, weights and optimizer in float32). After every epoch the validation tags are predicted
     (greedy, constrained) and the weights of the epoch with the best mean field accuracy are
     kept. Returns the history: ``epoch``, ``train_loss``, ``train_accuracy`` (teacher-forced
     tag accuracy), ``val_accuracy``, ``seconds``. With ``checkpoint``, the state is saved
@@ -515,6 +518,8 @@ def fit_tagger(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tupl
     from tqdm.auto import tqdm
 
     seed_everything(config.seed)
+    precision = resolve_precision(config.precision, device)
+    config = replace(config, precision=precision)  # the resolved precision identifies the run in its checkpoint
     model = model.to(device)
     train_x, train_tokens = _tensor(train[0]), _tensor(train[1])
     heads = [name for name, _ in model.named_children() if name != "encoder"]
@@ -542,7 +547,8 @@ def fit_tagger(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tupl
         for i in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress):
             idx = order[i:i + config.batch_size]
             x, tokens = train_x[idx].to(device).float(), train_tokens[idx].to(device)
-            loss, right = model.loss(x, tokens, config.label_smoothing)
+            with precision_autocast(device, precision):
+                loss, right = model.loss(x, tokens, config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -267,7 +267,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def precision_autocast(device: torch.device, precision: str):
-    """The autocast context a frozen pass runs in: bfloat16 matrix products for ``"bfloat16"``, none for ``"float32"``."""
+    """The autocast context for ``precision``: bfloat16 matrix products for ``"bfloat16"``, none for ``"float32"``."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
@@ -470,8 +470,11 @@ def _logits(output: Any) -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 
 def _autocast(device: torch.device, enabled: bool, dtype: str = "bfloat16"):
+    """Mixed precision: ``dtype`` on CUDA; bfloat16 on a CPU (float16 autocast is a GPU feature)."""
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=getattr(torch, dtype))
+    if enabled and device.type == "cpu" and dtype == "bfloat16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -732,8 +735,12 @@ def fit_linear_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarr
 def finetune_top(frozen: FrozenTrunk, splits: dict[str, ImageSplit], config: TrainConfig, *, n_classes: int,
                  train_views: Sequence[str] = ("identity", "hflip"), eval_views: Sequence[str] = ("identity",),
                  checkpoint: Path | None = None, score: Callable | None = None,
-                 progress: bool = True) -> StrategyResult:
+                 progress: bool = True, precision: str = "auto") -> StrategyResult:
     """Train the stages from ``frozen.cut`` up, and the head, on cached activations of the frozen trunk.
+
+    ``precision="auto"`` trains with bfloat16 mixed precision where the hardware computes
+    bfloat16 natively (weights, optimizer and loss stay float32), else in float32; ``config.amp``
+    turns mixed precision on regardless.
 
     The training set holds every image in each of ``train_views`` (free augmentation:
     the activations of each view are cached once). Validation and test probabilities are
@@ -750,7 +757,8 @@ def finetune_top(frozen: FrozenTrunk, splits: dict[str, ImageSplit], config: Tra
     train_y = np.tile(splits["train"].labels, len(train_views))
     val_x = frozen.activations(splits["val"])
     head = str(len(top) - 1)  # the classifier is the top's last module
-    top_config = replace(config, num_workers=0, channels_last=False)
+    precision = resolve_precision(precision, frozen.device)
+    top_config = replace(config, num_workers=0, channels_last=False, amp=config.amp or precision == "bfloat16")
     history = fit(top, tensors(train_x, train_y), tensors(val_x, splits["val"].labels), top_config,
                   frozen.device, head_prefixes=[head], n_classes=n_classes, train_labels=train_y,
                   checkpoint=checkpoint, score=score, progress=progress)
@@ -759,6 +767,7 @@ def finetune_top(frozen: FrozenTrunk, splits: dict[str, ImageSplit], config: Tra
              for split, data in splits.items()}
     return StrategyResult("finetune_top", probs, history, model=top, seconds=time.perf_counter() - started,
                           notes={"trained_from": frozen.cut, "activation_shape": list(val_x.shape[1:]),
+                                 "precision": "bfloat16" if top_config.amp else "float32",
                                  "train_views": list(train_views), "eval_views": list(eval_views)})
 
 
