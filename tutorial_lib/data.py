@@ -102,8 +102,8 @@ REGISTRY: dict[str, DatasetInfo] = {
             "CC BY 4.0", _MEDMNIST_CITE),
         DatasetInfo(
             "clothing", "embedded", "clothing",
-            "Clothing dataset (small), 10 garment types; official validation and test splits whole, "
-            "60% of the training split (stratified, seed 0).",
+            "Clothing dataset (small), 10 garment types; the official train, validation and test splits "
+            "whole (3068/341/372).",
             "CC0 1.0", "Alexey Grigorev, 'Clothing dataset (small)', https://github.com/alexeygrigorev/clothing-dataset-small"),
         DatasetInfo(
             "fashion", "embedded", "tagging",

@@ -9,8 +9,10 @@ does not have.
 
 Choices (seed 0, deterministic):
 - RetinaMNIST: the whole official ``retinamnist.npz`` (28 px, 1,600 images).
-- Clothing (small): official ``validation`` and ``test`` splits whole; of
-  ``train`` a stratified random ``CLOTHING_TRAIN_FRACTION`` of every class.
+- Clothing (small): the official ``train``, ``validation`` and ``test`` splits
+  whole. (Until 2026-11-30 only a stratified 60 % of ``train`` was embedded;
+  that draw still runs, unused, so that the fashion subset, drawn next from the
+  same random stream, stays the one published.)
 - Fashion catalogue: every article type kept, at most ``FASHION_CAP_PER_TYPE``
   images each (random, seeded), so the long tail survives and the two
   dominant types (T-shirts, shirts) do not swamp the rest.
@@ -28,7 +30,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-CLOTHING_TRAIN_FRACTION = 0.6
+FIRST_RELEASE_CLOTHING_FRACTION = 0.6  # the first release's share of clothing train/ (see the docstring)
 FASHION_CAP_PER_TYPE = 95
 SEED = 0
 DATA = Path(__file__).resolve().parents[1]
@@ -38,9 +40,8 @@ def copy_clothing(src: Path, dst: Path, rng: random.Random) -> None:
     for split in ("train", "validation", "test"):
         for class_dir in sorted((src / split).iterdir()):
             files = sorted(class_dir.glob("*.jpg"))
-            if split == "train":
-                k = math.ceil(CLOTHING_TRAIN_FRACTION * len(files))
-                files = sorted(rng.sample(files, k))
+            if split == "train":  # drawn and discarded: keeps the random stream of the first release
+                rng.sample(files, math.ceil(FIRST_RELEASE_CLOTHING_FRACTION * len(files)))
             out = dst / split / class_dir.name
             out.mkdir(parents=True, exist_ok=True)
             for f in files:
