@@ -275,3 +275,37 @@ def test_a_fold_that_changes_the_output_is_refused():
 
     module = torch.nn.Sequential(RunsBackwards()).eval()
     assert tlt.folded_copy(module) is module
+
+
+def test_seed_ensemble_members_start_alike_average_and_leave_the_first_member(clothing, tmp_path):
+    """Each member trains from the same start (not from the previous member), the ensemble is the mean of the
+    members, and the backbone ends with the first member's weights."""
+    from tutorial_lib.models import make_transform
+
+    def run(seeds, checkpoint=None):
+        backbone = tlm.load_backbone("efficientnet_lite0", num_classes=10)
+        tf = make_transform(backbone, input_size=(3, 64, 64))
+        frozen = tlt.FrozenTrunk(backbone, "conv_head", tf, torch.device("cpu"), cache_dir=tmp_path / "cache",
+                                 batch_size=16, precision="float32")
+        config = tlt.TrainConfig(epochs=1, batch_size=8, lr_head=1e-2, lr_backbone=1e-3)
+        ensemble, members = tlt.finetune_top_ensemble(frozen, splits, config, n_classes=10, seeds=seeds,
+                                                      checkpoint=checkpoint, progress=False, precision="float32")
+        _, top = tlt.split_model(backbone, "conv_head")
+        return ensemble, members, {k: v.clone() for k, v in top.state_dict().items()}
+
+    pick = np.random.default_rng(0)
+    splits = {name: split.subset(np.sort(pick.choice(len(split), n, replace=False)))
+              for name, split, n in (("train", clothing.train, 24), ("val", clothing.val, 8), ("test", clothing.test, 8))}
+    ensemble, members, weights = run([3, 4], checkpoint=tmp_path / "top.pt")
+    assert [m.notes["seed"] for m in members] == [3, 4] and ensemble.notes["seeds"] == [3, 4]
+    for split in ("val", "test"):
+        assert np.allclose(ensemble.probs[split], (members[0].probs[split] + members[1].probs[split]) / 2)
+        assert not np.allclose(members[0].probs[split], members[1].probs[split])  # the seeds differ
+    assert sorted(p.name for p in tmp_path.glob("top_seed*.pt")) == ["top_seed3.pt", "top_seed4.pt"]
+    alone, alone_members, _ = run([4])  # seed 4 on its own: the same member as seed 4 after seed 3
+    assert np.allclose(alone_members[0].probs["test"], members[1].probs["test"], atol=1e-6)
+    first, _, first_weights = run([3])  # the backbone is left with the first member's weights
+    assert all(torch.equal(weights[k], first_weights[k]) for k in weights)
+    assert members[0].model is not None and members[1].model is None
+    with pytest.raises(ValueError, match="seeds is empty"):
+        run([])

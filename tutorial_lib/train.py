@@ -18,6 +18,7 @@ weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -769,6 +770,53 @@ def finetune_top(frozen: FrozenTrunk, splits: dict[str, ImageSplit], config: Tra
                           notes={"trained_from": frozen.cut, "activation_shape": list(val_x.shape[1:]),
                                  "precision": "bfloat16" if top_config.amp else "float32",
                                  "train_views": list(train_views), "eval_views": list(eval_views)})
+
+
+def finetune_top_ensemble(frozen: FrozenTrunk, splits: dict[str, ImageSplit], config: TrainConfig, *,
+                          n_classes: int, seeds: Sequence[int], checkpoint: Path | None = None,
+                          progress: bool = True, **kwargs: Any) -> tuple[StrategyResult, list[StrategyResult]]:
+    """:func:`finetune_top` once per seed, from the same start, and the mean of their probabilities.
+
+    Every member starts from the weights the top has when this is called (call it before
+    training the top), with its head re-initialised from its own seed; the seed also
+    sets the order of the batches and the dropout. Returns the ensemble and its members:
+    ``members[0]`` is an ordinary single-seed ``finetune_top``. ``checkpoint`` becomes one
+    file per member (``<stem>_seed<seed><suffix>``). With ``progress`` the first member
+    shows its epochs and the others one bar. Afterwards the backbone holds the weights of
+    ``members[0]``. Give the trunk a ``cache_dir``, or every member recomputes the activations.
+    """
+    from tqdm.auto import tqdm
+
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed, e.g. range(10)")
+    started = time.perf_counter()
+    _, top = split_model(frozen.backbone, frozen.cut)
+    start = copy.deepcopy(top.state_dict())
+    members, first_weights = [], None
+    for i, seed in enumerate(tqdm(seeds, desc="ensemble members", disable=not progress or len(seeds) == 1)):
+        top.load_state_dict(start)
+        torch.manual_seed(seed)
+        for module in top[-1].modules():  # the classifier (the top's last module)
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        member_checkpoint = (checkpoint.with_name(f"{checkpoint.stem}_seed{seed}{checkpoint.suffix}")
+                             if checkpoint is not None else None)
+        member = finetune_top(frozen, splits, replace(config, seed=seed), n_classes=n_classes,
+                              checkpoint=member_checkpoint, progress=progress and i == 0, **kwargs)
+        member.notes["seed"] = seed
+        if first_weights is None:
+            first_weights = copy.deepcopy(top.state_dict())
+        else:
+            member.model = None  # the shared top now holds another member's weights
+        members.append(member)
+    top.load_state_dict(first_weights)
+    probs = {split: np.mean([m.probs[split] for m in members], axis=0) for split in members[0].probs}
+    return StrategyResult("finetune_top_ensemble", probs, members[0].history, model=None,
+                          seconds=time.perf_counter() - started,
+                          notes={"seeds": seeds, "trained_from": frozen.cut,
+                                 "precision": members[0].notes["precision"],
+                                 "member_seconds": [round(m.seconds, 1) for m in members]}), members
 
 
 def finetune_full(backbone: Backbone, splits: dict[str, ImageSplit], train_transform: Callable,
