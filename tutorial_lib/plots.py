@@ -173,6 +173,31 @@ def method_comparison(table: pd.DataFrame, metric: str, *, title: str, reference
     return fig
 
 
+def seed_spread(members: pd.DataFrame, *, ensemble: dict[str, float], title: str,
+                reference: dict[str, dict[str, float]] | None = None) -> plt.Figure:
+    """One panel per metric (columns of ``members``, one row per seed): each seed's score as a dot, the
+    ensemble's as a diamond, and reference methods (``{label: {metric: value}}``) as dashed lines."""
+    metrics = list(members.columns)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.0), squeeze=False)
+    rng = np.random.default_rng(0)  # horizontal jitter only, so equal scores stay visible
+    for ax, metric in zip(axes.flat, metrics):
+        values = members[metric].to_numpy(dtype=float)
+        ax.scatter(rng.uniform(-0.15, 0.15, len(values)), values, color="tab:blue", alpha=0.7,
+                   label=f"single seeds (n={len(values)})")
+        ax.scatter([0.5], [ensemble[metric]], marker="D", s=60, color="tab:red", label="ensemble (mean of probabilities)")
+        for i, (label, scores) in enumerate((reference or {}).items()):
+            if metric in scores:
+                ax.axhline(scores[metric], color=f"C{i + 2}", linestyle="--", label=label)
+        ax.set_xlim(-0.5, 1.0)
+        ax.set_xticks([])
+        ax.set_title(metric)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
+
+
 # --------------------------------------------------------------------------- preprocessing and features (01, 02)
 
 
