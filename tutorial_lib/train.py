@@ -793,7 +793,7 @@ def finetune_top_ensemble(frozen: FrozenTrunk, splits: dict[str, ImageSplit], co
     started = time.perf_counter()
     _, top = split_model(frozen.backbone, frozen.cut)
     start = copy.deepcopy(top.state_dict())
-    members, first_weights = [], None
+    members: list[StrategyResult] = []
     for i, seed in enumerate(tqdm(seeds, desc="ensemble members", disable=not progress or len(seeds) == 1)):
         top.load_state_dict(start)
         torch.manual_seed(seed)
@@ -805,7 +805,7 @@ def finetune_top_ensemble(frozen: FrozenTrunk, splits: dict[str, ImageSplit], co
         member = finetune_top(frozen, splits, replace(config, seed=seed), n_classes=n_classes,
                               checkpoint=member_checkpoint, progress=progress and i == 0, **kwargs)
         member.notes["seed"] = seed
-        if first_weights is None:
+        if i == 0:
             first_weights = copy.deepcopy(top.state_dict())
         else:
             member.model = None  # the shared top now holds another member's weights
