@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml requirements.lock
 demo: install
 	$(PY) -m tutorial_lib run
 
+# nbval reads a kernel's output only after each cell has finished; a cell that sends more messages than ZeroMQ buffers
+# (progress bars of minutes-long training) loses its last ones, and nbval fails with "Timeout of 5 seconds exceeded
+# waiting for output" (seen once on notebook 04). Progress bars that redraw at most every 2 s keep far below that.
 test: install
-	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+	TQDM_MININTERVAL=2 $(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
 # Benchmarks (not part of `make test`): writes outputs/bench.json and outputs/bench.md; see benchmarks/README.md.
 # Pass options with BENCH_ARGS, e.g. make bench BENCH_ARGS="--skip-demo --budget-s 900".
