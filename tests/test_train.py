@@ -277,6 +277,24 @@ def test_a_fold_that_changes_the_output_is_refused():
     assert tlt.folded_copy(module) is module
 
 
+def test_a_cut_before_the_first_stage_trains_everything(clothing):
+    """TOP_STAGES = every stage (end-to-end on cached inputs): the trunk is empty, its "activations" are the
+    preprocessed images, and the top is the whole network."""
+    from tutorial_lib.models import make_transform
+
+    backbone = tlm.load_backbone("efficientnet_lite0", num_classes=10)
+    first = tlt.top_stages(backbone, len(backbone.stages))
+    assert first == backbone.stages[0]
+    tf = make_transform(backbone, input_size=(3, 64, 64))
+    frozen = tlt.FrozenTrunk(backbone, first, tf, torch.device("cpu"), batch_size=4, precision="float32")
+    split = clothing.test.subset(np.arange(3))
+    acts = frozen.activations(split)
+    images = torch.stack([tf(split.image(i)) for i in range(len(split))]).numpy()
+    np.testing.assert_allclose(acts, images.astype(np.float16), rtol=0, atol=0)
+    _, top = tlt.split_model(backbone, first)
+    assert sum(p.numel() for p in top.parameters()) == sum(p.numel() for p in backbone.model.parameters())
+
+
 def test_seed_ensemble_members_start_alike_average_and_leave_the_first_member(clothing, tmp_path):
     """Each member trains from the same start (not from the previous member), the ensemble is the mean of the
     members, and the backbone ends with the first member's weights."""

@@ -327,9 +327,12 @@ def folded_copy(trunk: nn.Module, input_size: int = 96) -> nn.Module:
     """
     import copy
 
+    parameters = list(trunk.parameters())
+    if not parameters:  # cut before the first stage (everything trained): nothing to fold
+        return trunk
     folded = fold_batchnorm(copy.deepcopy(trunk).eval())
     x = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
-    device = next(trunk.parameters()).device
+    device = parameters[0].device
     expected, got = trunk.eval()(x.to(device)), folded(x.to(device))
     if not isinstance(expected, torch.Tensor) or expected.shape != got.shape or \
             not torch.allclose(got, expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()) + 1e-6):
