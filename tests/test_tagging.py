@@ -299,3 +299,31 @@ def test_a_catalogue_folder_with_a_missing_image_and_a_blank_tag(tmp_path):
     with pytest.warns(UserWarning, match="1 blank"):
         ids, counts = vocab.encode(catalogue.table)
     assert counts["blank"] == 1 and ids.shape == (6, len(fields) + 2)
+
+
+def test_a_kaggle_style_catalogue_folder_loads(tmp_path):
+    """Kaggle's catalogue layout: styles.csv beside images.csv, and a product name with an unquoted comma (a row
+    with one field too many). The tag CSV is found, the bad row is left out, warned about and counted."""
+    import shutil
+
+    from tutorial_lib.data import DataError, load_tag_dataset
+
+    embedded = load_tag_dataset("fashion").table.iloc[:4]
+    (tmp_path / "images").mkdir()
+    for path in embedded["path"]:
+        shutil.copy(path, tmp_path / "images" / path.name)
+    rows = embedded.drop(columns="path").assign(productDisplayName="Plain Shirt")
+    lines = [",".join(rows.columns)] + [",".join(r) for r in rows.astype(str).itertuples(index=False)]
+    lines[2] = lines[2].replace("Plain Shirt", "Shirt, Blue")  # unquoted comma: one field too many
+    (tmp_path / "styles.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "images.csv").write_text("filename,link\n" + "".join(f"{i}.jpg,http://example.invalid/{i}.jpg\n"
+                                                                    for i in rows["id"]))
+    with pytest.warns(UserWarning, match="1 row.*more fields than the header"):
+        catalogue = load_tag_dataset(tmp_path)
+    assert catalogue.dropped == {"unparsable row": 1}
+    assert list(catalogue.table["id"]) == [rows["id"].iloc[0], *rows["id"].iloc[2:]]
+    assert catalogue.table.drop(columns="path").equals(
+        embedded.drop(columns="path").iloc[[0, 2, 3]].reset_index(drop=True)[catalogue.table.columns[1:]])
+    shutil.copy(tmp_path / "styles.csv", tmp_path / "styles_copy.csv")  # two tag CSVs: which one is meant?
+    with pytest.raises(DataError, match="exactly one CSV"):
+        load_tag_dataset(tmp_path)

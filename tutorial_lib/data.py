@@ -734,10 +734,14 @@ def _split_seeded(name: str, files: list, labels: Sequence[str], seed: int, val_
     return ClassificationData(name, classes, splits["train"], splits["val"], splits["test"], note)
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path, *, skipped: list[list[str]] | None = None) -> pd.DataFrame:
+    """``path`` as a table of strings. With ``skipped``, rows with more fields than the header (an unquoted
+    comma in a text column) are collected there and left out, instead of failing the whole file."""
+    lenient = {} if skipped is None else {"on_bad_lines": skipped.append, "engine": "python"}
     try:
         # utf-8-sig: spreadsheet programs start UTF-8 CSV files with a byte-order mark
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig")
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, encoding="utf-8-sig",
+                            **lenient)
     except pd.errors.EmptyDataError as err:
         raise DataError(f"{path} is empty. A manifest needs a header row and one row per image.") from err
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -834,13 +838,23 @@ def load_csv_manifest(path: str | Path, *, image_column: str | None = None, labe
     return ClassificationData(path.stem, known, splits["train"], splits["val"], splits["test"], "CSV splits")
 
 
+def _csv_columns(path: Path) -> set[str]:
+    """The column names in a CSV file's header (empty if it cannot be read)."""
+    try:
+        return {c.strip() for c in pd.read_csv(path, nrows=0, encoding="utf-8-sig").columns}
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        return set()
+
+
 def load_tag_dataset(source: str | Path = "fashion", *, fields: Sequence[str] | None = None,
                      id_column: str = "id", image_suffix: str = ".jpg") -> TagData:
     """Load images with tag columns: ``"fashion"`` (embedded) or a folder with ``images/`` and one CSV.
 
-    ``fields`` defaults to the catalogue's 7 attribute columns. Rows whose image is
-    missing are dropped with a warning and counted in ``TagData.dropped``; blank tags
-    are kept as empty strings for the tagging code to handle.
+    ``fields`` defaults to the catalogue's 7 attribute columns. Among several CSV files the one
+    with the id and tag columns is used (Kaggle's catalogue ships ``images.csv`` beside
+    ``styles.csv``). Rows whose image is missing, and rows with more fields than the header,
+    are dropped with a warning and counted in ``TagData.dropped``; blank tags are kept as
+    empty strings for the tagging code to handle.
     """
     name = str(source)
     info = None
@@ -851,18 +865,26 @@ def load_tag_dataset(source: str | Path = "fashion", *, fields: Sequence[str] | 
         folder = Path(source).expanduser()
         if not folder.is_dir():
             raise DataError(f"{folder} is not a folder. A tag dataset is a folder with images/ and one CSV file.")
-    csvs = sorted(folder.glob("*.csv"))
-    if len(csvs) != 1:
-        raise DataError(f"{folder} must hold exactly one CSV file with an {id_column!r} column and tag columns; "
-                        f"found {[c.name for c in csvs]}.")
-    table = _read_csv(csvs[0])
     fields = list(fields or FASHION_FIELDS)
+    csvs = sorted(folder.glob("*.csv"))
+    if len(csvs) > 1:  # e.g. Kaggle's catalogue: styles.csv beside images.csv (file name, link)
+        csvs = [c for c in csvs if {id_column, *fields} <= _csv_columns(c)] or csvs
+    if len(csvs) != 1:
+        raise DataError(f"{folder} must hold exactly one CSV file with an {id_column!r} column and the tag columns "
+                        f"{fields}; found {[c.name for c in csvs]}.")
+    skipped: list[list[str]] = []
+    table = _read_csv(csvs[0], skipped=skipped)
     missing_columns = [c for c in [id_column, *fields] if c not in table.columns]
     if missing_columns:
         raise DataError(f"{csvs[0]} lacks column(s) {missing_columns}; its columns are {list(table.columns)}.")
+    dropped = {}
+    if skipped:
+        dropped["unparsable row"] = len(skipped)
+        warnings.warn(f"{csvs[0]}: {len(skipped)} row(s) have more fields than the header (an unquoted comma in a "
+                      f"text column?) and were left out (first fields: {[row[0] for row in skipped[:10]]}). Quote "
+                      "those values to keep them.", stacklevel=2)
     table["path"] = _image_paths(table, id_column, folder / "images", image_suffix)
     exists = table["path"].map(lambda p: p.exists())
-    dropped = {}
     if not exists.all():
         lost = table.loc[~exists, id_column].tolist()
         dropped["image missing"] = len(lost)
