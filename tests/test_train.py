@@ -295,6 +295,41 @@ def test_a_cut_before_the_first_stage_trains_everything(clothing):
     assert sum(p.numel() for p in top.parameters()) == sum(p.numel() for p in backbone.model.parameters())
 
 
+@pytest.mark.parametrize("network", ["efficientnet_lite0", "googlenet with auxiliary heads"])
+def test_finetune_full_runs_with_the_full_profiles_settings(clothing, network, tmp_path):
+    """The GPU profile's options on the CPU (mixed precision, channels-last, a capped epoch, a checkpoint, staged
+    after finetune_top): the path a CUDA run takes, short of the device. GoogLeNet trains its auxiliary heads too."""
+    from torchvision import transforms
+
+    if network == "efficientnet_lite0":
+        backbone = tlm.load_backbone("efficientnet_lite0", num_classes=10)
+    else:
+        from torchvision.models import googlenet
+
+        torch.manual_seed(0)
+        model = googlenet(weights=None, aux_logits=True, init_weights=True, num_classes=10, transform_input=True)
+        backbone = tlm.Backbone("googlenet", model, {}, 1024, list(tlm.GOOGLENET_STAGES), "fc", "random",
+                                extra_heads=["aux1", "aux2"])
+    tf = transforms.Compose([transforms.Resize((64, 64)), transforms.ToTensor()])
+    pick = np.random.default_rng(0)
+    splits = {name: split.subset(np.sort(pick.choice(len(split), n, replace=False)))
+              for name, split, n in (("train", clothing.train, 12), ("val", clothing.val, 6), ("test", clothing.test, 6))}
+    full = tlt.PROFILES["full"]
+    assert full.amp and full.channels_last and full.full_epochs > 0  # the settings this test stands in for
+    config = tlt.TrainConfig(epochs=1, batch_size=4, lr_head=1e-3, lr_backbone=1e-4, samples_per_epoch=8,
+                             amp=full.amp, channels_last=full.channels_last, seed=0)
+    before = {k: v.detach().clone() for k, v in backbone.model.named_parameters()}  # weights, not BN statistics
+    result = tlt.finetune_full(backbone, splits, tf, tf, torch.device("cpu"), config, n_classes=10,
+                               checkpoint=tmp_path / "full.pt", progress=False)
+    assert set(result.probs) == {"val", "test"} and result.probs["test"].shape == (6, 10)
+    assert np.allclose(result.probs["test"].sum(1), 1, atol=1e-3) and np.isfinite(result.probs["val"]).all()
+    assert result.notes["images_seen"] == 8 and (tmp_path / "full.pt").exists()
+    after = dict(backbone.model.named_parameters())
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    for module in (backbone.head, *backbone.extra_heads, backbone.stages[1]):  # the heads and the early layers learn
+        assert any(k.startswith(f"{module}.") for k in changed), module
+
+
 def test_seed_ensemble_members_start_alike_average_and_leave_the_first_member(clothing, tmp_path):
     """Each member trains from the same start (not from the previous member), the ensemble is the mean of the
     members, and the backbone ends with the first member's weights."""
