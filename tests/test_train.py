@@ -277,6 +277,13 @@ def test_a_fold_that_changes_the_output_is_refused():
     assert tlt.folded_copy(module) is module
 
 
+def _small_splits(data, *, n_train: int, n_eval: int) -> dict:
+    """Seeded random subsets of ``data``'s train, val and test splits, for training tests that must stay fast."""
+    pick = np.random.default_rng(0)
+    return {name: split.subset(np.sort(pick.choice(len(split), n, replace=False)))
+            for name, split, n in (("train", data.train, n_train), ("val", data.val, n_eval), ("test", data.test, n_eval))}
+
+
 def test_a_cut_before_the_first_stage_trains_everything(clothing):
     """TOP_STAGES = every stage (end-to-end on cached inputs): the trunk is empty, its "activations" are the
     preprocessed images, and the top is the whole network."""
@@ -311,9 +318,7 @@ def test_finetune_full_runs_with_the_full_profiles_settings(clothing, network, t
         backbone = tlm.Backbone("googlenet", model, {}, 1024, list(tlm.GOOGLENET_STAGES), "fc", "random",
                                 extra_heads=["aux1", "aux2"])
     tf = transforms.Compose([transforms.Resize((64, 64)), transforms.ToTensor()])
-    pick = np.random.default_rng(0)
-    splits = {name: split.subset(np.sort(pick.choice(len(split), n, replace=False)))
-              for name, split, n in (("train", clothing.train, 12), ("val", clothing.val, 6), ("test", clothing.test, 6))}
+    splits = _small_splits(clothing, n_train=12, n_eval=6)
     full = tlt.PROFILES["full"]
     assert full.amp and full.channels_last and full.full_epochs > 0  # the settings this test stands in for
     config = tlt.TrainConfig(epochs=1, batch_size=4, lr_head=1e-3, lr_backbone=1e-4, samples_per_epoch=8,
@@ -346,9 +351,7 @@ def test_seed_ensemble_members_start_alike_average_and_leave_the_first_member(cl
         _, top = tlt.split_model(backbone, "conv_head")
         return ensemble, members, {k: v.clone() for k, v in top.state_dict().items()}
 
-    pick = np.random.default_rng(0)
-    splits = {name: split.subset(np.sort(pick.choice(len(split), n, replace=False)))
-              for name, split, n in (("train", clothing.train, 24), ("val", clothing.val, 8), ("test", clothing.test, 8))}
+    splits = _small_splits(clothing, n_train=24, n_eval=8)
     ensemble, members, weights = run([3, 4], checkpoint=tmp_path / "top.pt")
     assert [m.notes["seed"] for m in members] == [3, 4] and ensemble.notes["seeds"] == [3, 4]
     for split in ("val", "test"):

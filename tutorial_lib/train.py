@@ -325,8 +325,6 @@ def folded_copy(trunk: nn.Module, input_size: int = 96) -> nn.Module:
     Measured on 2 CPU cores, Lite0 up to ``blocks.6`` at 224 px in bfloat16: 161 -> 205 images/s
     (a batch norm is a pass over memory that the convolution before it can do for free).
     """
-    import copy
-
     parameters = list(trunk.parameters())
     if not parameters:  # cut before the first stage (everything trained): nothing to fold
         return trunk
