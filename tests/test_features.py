@@ -261,3 +261,25 @@ def test_features_of_images_of_any_mode_and_size(tmp_path):
                                   preprocess=[tlp.ResizePad(32)], size=32)
     X = extractor.transform(images)
     assert X.shape[0] == len(images) and np.isfinite(X).all()
+
+
+def test_notebooks_take_the_svm_recipe_from_the_library():
+    """Notebook 02 builds no descriptors of its own: 02-05 all call baseline_features (the recipes had drifted)."""
+    import nbformat
+
+    root = tl.data.PROJECT_ROOT
+    for name in ("02_feature_svm_baseline", "03_transfer_learning_dr", "04_transfer_learning_fashion", "05_tagging"):
+        code = "\n".join(c.source for c in nbformat.read(root / "notebooks" / f"{name}.ipynb", as_version=4).cells
+                         if c.cell_type == "code")
+        for constructor in ("ImageFeatures(", "F.HOG(", "LBPHistogram(", "ColourHistogram(", "tune_svm("):
+            assert constructor not in code, f"{name} builds its own {constructor}"
+
+
+@pytest.mark.slow
+def test_svm_baseline_records_what_notebook_02_records(tmp_path):
+    """03 run alone computes the DR SVM row itself: it must equal notebook 02's (the reference run's) figures."""
+    data = tl.data.load_dataset("retinamnist")
+    result = tlf.svm_baseline(data, task="dr", seed=0, n_jobs=2, cache_dir=tmp_path)
+    recorded = tl.report.reference_results()["dr"]["methods"]["svm"]
+    assert result.features == tlf.DR_FEATURE_SETS["lesion statistics"]
+    assert result.metrics == pytest.approx({k: recorded[k] for k in result.metrics}, abs=1e-12)

@@ -688,17 +688,92 @@ def local_contrast_image(image: ImageLike, sigma_fraction: float = 1 / 30) -> np
     return green - gaussian(green, sigma=sigma_fraction * min(green.shape) / 2, preserve_range=True, mode="nearest")
 
 
-# --------------------------------------------------------------------------- one-call baseline for notebooks 03/04
+# --------------------------------------------------------------------------- notebook 02's recipe, in one place
+
+#: The descriptor subsets notebook 02 compares by cross-validation on fundus photographs.
+DR_FEATURE_SETS: dict[str, list[str]] = {
+    "HOG + colour (the plain baseline)": ["hog", "colour"],
+    "lesion statistics": ["lesions"],
+    "lesions + LBP + colour": ["lesions", "lbp", "colour"],
+    "all four": ["hog", "lbp", "colour", "lesions"],
+}
+
+
+def baseline_features(task: str, *, n_jobs: int = 2, cache_dir: str | Path | None = None,
+                      progress: bool = False) -> "ImageFeatures":
+    """Notebook 02's descriptors for ``task`` (``"dr"``: fundus photographs; anything else: photos).
+
+    ``"dr"``: fundus crop to 96 px, HOG (16 px cells, 2x2 blocks), LBP at radii 1 and 2 on a 2x2
+    grid, a L*a*b* histogram of the disc and lesion statistics. Photos: a 96 px resize, HOG (16 px
+    cells, 3x3 blocks), LBP at radii 1 and 2, a L*a*b* histogram. Notebooks 02-05 all call this, so
+    the SVM row of every task is computed from the same features whichever notebook computes it.
+    """
+    from . import preprocess as pp
+
+    if task == "dr":
+        descriptors = [("hog", HOG(pixels_per_cell=16, cells_per_block=2)),
+                       ("lbp", LBPHistogram(scales=((8, 1), (8, 2)), grid=2)),
+                       ("colour", ColourHistogram(space="lab", bins=(4, 6, 6), region="disc")),
+                       ("lesions", FundusLesionStats())]
+        preprocess = [pp.FundusCrop(96)]
+    else:
+        descriptors = [("hog", HOG(pixels_per_cell=16, cells_per_block=3)),
+                       ("lbp", LBPHistogram(scales=((8, 1), (8, 2)), grid=1)),
+                       ("colour", ColourHistogram(space="lab", bins=(4, 6, 6)))]
+        preprocess = [pp.Resize(96)]
+    return ImageFeatures(descriptors, preprocess=preprocess, size=96, n_jobs=n_jobs, cache_dir=cache_dir,
+                         progress=progress)
+
+
+def baseline_views(task: str) -> list[Any]:
+    """The views the SVM trains on: fundus photos as they are; photos also mirrored (a free augmentation)."""
+    from . import preprocess as pp
+
+    return [None] if task == "dr" else [None, pp.Flip()]
+
+
+def compare_dr_feature_sets(X: np.ndarray, y: np.ndarray, slices: Mapping[str, slice], *, quick: bool = False,
+                            seed: int = 0, n_jobs: int = 1) -> pd.DataFrame:
+    """Notebook 02's comparison of :data:`DR_FEATURE_SETS` (QWK and accuracy, tempered class weights)."""
+    return compare_feature_sets(X, y, slices, DR_FEATURE_SETS,
+                                scoring={"qwk": quadratic_kappa_scorer(), "accuracy": "accuracy"},
+                                n_splits=2 if quick else 5, random_state=seed, n_jobs=n_jobs,
+                                class_weight=tempered_class_weight(y))
+
+
+def tune_baseline_svm(task: str, X: np.ndarray, y: np.ndarray, *, groups: np.ndarray | None = None,
+                      quick: bool = False, seed: int = 0, n_jobs: int = 1):
+    """Notebook 02's grid search for ``task`` on the development set ``(X, y)`` (train + validation).
+
+    ``"dr"``: C in {0.3, 1, 3}, gamma in {0.5, 1, 2} / n_features, three class weightings, QWK, 5
+    folds. Photos: C in {3, 10} with tempered class weights, accuracy, 3 folds grouped by photo
+    (``groups`` from :func:`stack_features`) and scored on the photos as taken (the first view).
+    """
+    weights = tempered_class_weight(y)
+    if task == "dr":
+        n_features = X.shape[1]
+        grid = {"svc__C": [1.0] if quick else [0.3, 1.0, 3.0],
+                "svc__gamma": [1 / n_features] if quick else [0.5 / n_features, 1 / n_features, 2 / n_features],
+                "svc__class_weight": [None, weights, "balanced"]}
+        return tune_svm(X, y, grid, scoring=quadratic_kappa_scorer(), n_splits=2 if quick else 5,
+                        random_state=seed, n_jobs=n_jobs)
+    grid = {"svc__C": [3.0] if quick else [3.0, 10.0], "svc__class_weight": [weights]}
+    original = None
+    if groups is not None:  # stack_features puts every image's first view (as taken) first
+        original = np.arange(len(y)) < len(np.unique(groups))
+    return tune_svm(X, y, grid, groups=groups, validate_on=original, scoring="accuracy",
+                    n_splits=2 if quick else 3, random_state=seed, n_jobs=n_jobs)
 
 
 def svm_baseline(data, *, task: str, seed: int = 0, quick: bool = False, n_jobs: int = 2,
                  cache_dir: str | Path | None = None):
     """Notebook 02's classical pipeline in one call, for any classification dataset (e.g. your ``DATA_DIR``).
 
-    The descriptors notebook 02 uses for the task (``"dr"``: fundus crop, HOG, LBP, colour and
-    lesion statistics; otherwise: HOG, LBP and colour on a 96 px resize), a stratified grid search
-    of ``Pipeline(StandardScaler, SVC)`` on train + validation, and the test-split metrics.
-    Returns a namespace with ``metrics``, ``predicted`` (test split) and ``search``.
+    The same steps as notebook 02, through the same functions: :func:`baseline_features` on train +
+    validation (under :func:`baseline_views`), for ``"dr"`` the descriptor subset chosen by
+    :func:`compare_dr_feature_sets`, :func:`tune_baseline_svm`, then the test-split metrics. On the
+    same data and seed it records the figures notebook 02 records. Returns a namespace with
+    ``metrics``, ``predicted`` (test split), ``search`` and ``features`` (the descriptor names used).
     """
     import warnings
     from types import SimpleNamespace
@@ -706,29 +781,20 @@ def svm_baseline(data, *, task: str, seed: int = 0, quick: bool = False, n_jobs:
     from . import preprocess as pp
     from .metrics import classification_metrics
 
-    ordinal = task == "dr"
-    descriptors = [("hog", HOG(pixels_per_cell=16, cells_per_block=3))]
-    if ordinal:
-        descriptors += [("lbp", LBPHistogram(scales=((8, 1), (16, 2)), grid=2)),
-                        ("colour", ColourHistogram(space="lab", bins=(4, 6, 6), region="disc")),
-                        ("lesions", FundusLesionStats())]
-        preprocess = [pp.FundusCrop(96)]
-    else:
-        descriptors += [("lbp", LBPHistogram(scales=((8, 1), (16, 2), (24, 3)), grid=1)),
-                        ("colour", ColourHistogram(space="lab", bins=(4, 6, 6)))]
-        preprocess = [pp.Resize(96)]
-    extractor = ImageFeatures(descriptors, preprocess=preprocess, size=96, n_jobs=n_jobs, cache_dir=cache_dir)
+    extractor = baseline_features(task, n_jobs=n_jobs, cache_dir=cache_dir)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pp.NoDiscFoundWarning)
-        X_dev, y_dev, _ = stack_features(extractor, [data.train, data.val])
+        X_dev, y_dev, groups = stack_features(extractor, [data.train, data.val], views=baseline_views(task))
         X_test = extractor.transform(data.test)
-    n_features = X_dev.shape[1]
-    grid = {"svc__C": [1.0] if quick else [0.3, 1.0, 3.0, 10.0],
-            "svc__gamma": [1 / n_features] if quick else [0.5 / n_features, 1 / n_features, 2 / n_features],
-            "svc__class_weight": ["balanced"] if quick else [None, tempered_class_weight(y_dev), "balanced"]}
-    scoring = quadratic_kappa_scorer() if ordinal else "accuracy"
-    search = tune_svm(X_dev, y_dev, grid, scoring=scoring, n_splits=2 if quick else 5, random_state=seed,
-                      n_jobs=n_jobs)
-    predicted = search.best_estimator_.predict(X_test)
-    metrics = classification_metrics(data.test.labels, predicted, ordinal=ordinal)
-    return SimpleNamespace(metrics=metrics, predicted=predicted, search=search)
+    names = [name for name, _ in extractor.descriptors]
+    columns = np.arange(X_dev.shape[1])
+    if task == "dr":
+        slices = extractor.feature_slices(data.train.image(0))
+        chosen = compare_dr_feature_sets(X_dev, y_dev, slices, quick=quick, seed=seed, n_jobs=n_jobs)["qwk mean"].idxmax()
+        names = DR_FEATURE_SETS[chosen]
+        columns = np.concatenate([columns[slices[n]] for n in names])
+    search = tune_baseline_svm(task, X_dev[:, columns], y_dev, groups=None if task == "dr" else groups, quick=quick,
+                               seed=seed, n_jobs=n_jobs)
+    predicted = search.best_estimator_.predict(X_test[:, columns])
+    metrics = classification_metrics(data.test.labels, predicted, ordinal=task == "dr")
+    return SimpleNamespace(metrics=metrics, predicted=predicted, search=search, features=names)

@@ -585,18 +585,12 @@ def handcrafted_tag_svm(train: pd.DataFrame, test: pd.DataFrame, fields: Sequenc
                         seed: int = 0, n_jobs: int = 1, cache_dir: Path | None = None) -> pd.DataFrame:
     """Notebook 02's tag baseline on ``(train, test)``: HOG + LBP + colour features, one SVM per field.
 
-    The descriptors are notebook 02's for clothing photos (96 px; HOG with 16 px cells in 3x3 blocks,
-    LBP at radii 1 and 2, a L*a*b* colour histogram), fed to :func:`tutorial_lib.features.fit_tag_svm`
+    The descriptors are notebook 02's for photos (:func:`tutorial_lib.features.baseline_features`), fed to :func:`tutorial_lib.features.fit_tag_svm`
     with square-root class weights. Returns the predicted tags of ``test``, one column per field.
     """
     from . import features as F
-    from . import preprocess as pp
 
-    extractor = F.ImageFeatures(
-        [("hog", F.HOG(pixels_per_cell=16, cells_per_block=3)),
-         ("lbp", F.LBPHistogram(scales=((8, 1), (8, 2)), grid=1)),
-         ("colour", F.ColourHistogram(space="lab", bins=(4, 6, 6)))],
-        preprocess=[pp.Resize(96)], size=96, n_jobs=n_jobs, cache_dir=cache_dir, progress=False)
+    extractor = F.baseline_features("clothing", n_jobs=n_jobs, cache_dir=cache_dir)
     x_train, x_test = extractor.transform(list(train["path"])), extractor.transform(list(test["path"]))
     tagger = F.fit_tag_svm(x_train, train, list(fields), C=C, class_weight="tempered", random_state=seed,
                            n_jobs=n_jobs)
