@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .files import atomic_write_text
 from .data import (REGISTRY, ClassificationData, DataError, ImageSplit, cache_dir, fetch, load_dataset,
                    load_registered, load_retinamnist)
 
@@ -156,10 +156,7 @@ def _fingerprint(data: ClassificationData, size: int, crop: str) -> str:
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def _open_array(path: Path, shape: tuple[int, ...]) -> np.memmap:
