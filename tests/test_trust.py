@@ -117,7 +117,7 @@ def test_cli_refuses_a_foreign_checkpoint_before_loading_data(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("names", [("train", "val"), ("Train", "Test"), ("TRAIN", "Validation", "test"),
-                                   ("train", "valid")])
+                                   ("train", "valid")], ids="_".join)
 def test_split_folders_are_found_in_any_case(tmp_path, names):
     root = tmp_path / "photos"
     for name in names:
@@ -148,7 +148,8 @@ def _csv(root, rows, sep=","):
 
 
 @pytest.mark.parametrize("spelling", ["./coat/coat_0.jpg", "coat//coat_0.jpg", "coat\\coat_0.jpg",
-                                      " coat/coat_0.jpg ", "shirt/../coat/coat_0.jpg"])
+                                      " coat/coat_0.jpg ", "shirt/../coat/coat_0.jpg"],
+                         ids=["dot_slash", "double_slash", "backslash", "spaces", "dot_dot"])
 def test_csv_paths_are_normalised_before_duplicate_checks(tmp_path, spelling):
     root = _folder(tmp_path / "photos", per_class=6)
     rows = [(f"{c}/{c}_{i}.jpg", c) for c in ("coat", "shirt") for i in range(6)]
@@ -159,7 +160,7 @@ def test_csv_paths_are_normalised_before_duplicate_checks(tmp_path, spelling):
         tld.load_dataset(_csv(root, rows + [(spelling, "shirt")]))
 
 
-@pytest.mark.parametrize("sep", [";", "\t", "|"])
+@pytest.mark.parametrize("sep", [";", "\t", "|"], ids=["semicolon", "tab", "pipe"])
 def test_csv_with_another_separator_loads(tmp_path, sep):
     root = _folder(tmp_path / "photos", per_class=5)
     rows = [(f"{c}/{c}_{i}.jpg", c) for c in ("coat", "shirt") for i in range(5)]
@@ -277,7 +278,7 @@ def test_ctrl_c_at_the_command_line_says_how_to_resume(monkeypatch, capsys, tmp_
 # =========================================================================== 6. every number checked at the edge
 
 
-@pytest.mark.parametrize("argv, flag", [
+CLI_CASES = [
     (["train", "--data", "x", "--epochs", "0"], "--epochs"), (["train", "--data", "x", "--epochs", "-2"], "--epochs"),
     (["train", "--data", "x", "--batch-size", "0"], "--batch-size"),
     (["train", "--data", "x", "--lr-head", "nan"], "--lr-head"),
@@ -286,7 +287,10 @@ def test_ctrl_c_at_the_command_line_says_how_to_resume(monkeypatch, capsys, tmp_
     (["train", "--data", "x", "--max-images", "0"], "--max-images"),
     (["prepare", "x", "--size", "-3"], "--size"), (["prepare", "x", "--size", "0"], "--size"),
     (["prepare", "x", "--chunk-size", "0"], "--chunk-size"),
-    (["bench", "--budget-s", "nan"], "--budget-s")])
+    (["bench", "--budget-s", "nan"], "--budget-s")]
+
+
+@pytest.mark.parametrize("argv, flag", CLI_CASES, ids=[f"{a[-2]}={a[-1]}" for a, _ in CLI_CASES])
 def test_cli_numbers_are_checked_before_any_work(argv, flag, capsys):
     with pytest.raises(SystemExit) as exit_:
         tlcli.main(argv)
@@ -326,3 +330,44 @@ def test_written_files_get_the_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert json.loads((tmp_path / "results.json").read_text()) == {} and not list(tmp_path.glob(".*tmp"))
+
+
+def test_prepare_redoes_its_arrays_when_a_photo_is_replaced(tmp_path):
+    import tutorial_lib.prepare as tlp
+
+    root = _folder(tmp_path / "photos", per_class=6)
+    data = tld.load_dataset(root)
+    out = tlp.prepare(data, tmp_path / "prepared", size=16, progress=False)
+    first = np.load(out / "train_images.npy").copy()
+    from PIL import Image
+
+    for path in data.train.images:  # the same names, other pictures
+        Image.new("RGB", (16, 12), (10, 200, 10)).save(path)
+        os.utime(path, ns=(1, 1))
+    out = tlp.prepare(tld.load_dataset(root), out, size=16, progress=False)
+    again = np.load(out / "train_images.npy")
+    assert first[..., 1].max() < 100 and again[..., 1].max() > 150  # red photos before, green ones now
+
+
+def test_sigint_at_the_command_line_prints_one_line_and_no_traceback(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "slow.py"
+    script.write_text("import sys, time\nimport tutorial_lib.cli as cli, tutorial_lib.jobs as jobs\n"
+                      "def slow(*a, **k):\n    print('training', flush=True)\n    time.sleep(60)\n"
+                      "jobs.train_job = slow\n"
+                      "sys.exit(cli.main(['train', '--data', 'x', '--checkpoint', sys.argv[1]]))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    child = subprocess.Popen([sys.executable, str(script), str(tmp_path / "x.pt")], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    assert child.stdout.readline().strip() == "training"
+    time.sleep(0.2)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 130 and "Traceback" not in err
+    assert err.strip() == "Interrupted. Re-run the same command to resume from the last saved epoch."

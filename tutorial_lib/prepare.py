@@ -143,6 +143,7 @@ def _try_process(args: tuple[Any, int, str]) -> tuple[np.ndarray | None, str]:
 
 
 def _fingerprint(data: ClassificationData, size: int, crop: str) -> str:
+    """What the prepared arrays depend on: settings, classes, labels, and each image's path, size and mtime."""
     digest = hashlib.sha256(json.dumps({"size": size, "crop": crop, "classes": data.classes,
                                         "version": PREPARED_VERSION}).encode())
     for name in SPLITS:
@@ -150,7 +151,9 @@ def _fingerprint(data: ClassificationData, size: int, crop: str) -> str:
         if isinstance(split.images, np.ndarray):
             digest.update(np.ascontiguousarray(split.images).data)
         else:
-            digest.update("\n".join(str(p) for p in split.images).encode())
+            for path in split.images:  # size and modification time: a photo replaced under its name counts
+                stat = os.stat(path)
+                digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
         digest.update(np.ascontiguousarray(split.labels).data)
     return digest.hexdigest()[:16]
 

@@ -596,10 +596,16 @@ def _resume_state(checkpoint: Path | None, run_key: str, epochs: int, existing: 
                               "written with; to keep it, pass another checkpoint path; to replace it, pass "
                               "--overwrite (command line) or existing='overwrite' (Python).")
     if existing == "backup":
-        backup = path.with_name(path.name + ".bak")
-        os.replace(path, backup)
-        warnings.warn(f"{problem}. Starting afresh; the old file is kept as {backup}.", stacklevel=4)
+        keep_aside(path, problem, stacklevel=5)
     return None
+
+
+def keep_aside(path: Path, problem: str, stacklevel: int = 2) -> Path:
+    """Rename ``path`` to ``<name>.bak`` (replacing an older ``.bak``) with a warning that says ``problem``."""
+    backup = Path(path).with_name(Path(path).name + ".bak")
+    os.replace(path, backup)
+    warnings.warn(f"{problem}. Starting afresh; the old file is kept as {backup}.", stacklevel=stacklevel)
+    return backup
 
 
 def dataset_labels(data: Dataset) -> np.ndarray:
