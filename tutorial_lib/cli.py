@@ -190,7 +190,8 @@ def _add_scale_out_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="default: on for CUDA")
     train.add_argument("--max-images", type=whole(1), help="cap on every split (smoke runs)")
-    train.add_argument("--num-workers", type=whole(0), help="DataLoader workers per process (default: cores - 1, max 4)")
+    train.add_argument("--num-workers", type=whole(0),
+                       help="DataLoader workers per process (default: cores - 1, max 4)")
     train.add_argument("--lr-head", type=number(0, above=True), default=1e-3)
     train.add_argument("--lr-backbone", type=number(0), default=1e-4)
     train.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -227,8 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.set_defaults(func=_cmd_run)
 
     bench = sub.add_parser("bench", help="time to accuracy, throughput against the hardware, the demo's cost")
-    bench.add_argument("--budget-s", type=number(0, above=True), help="wall-clock budget of the tutorial recipe (default 1200 s)")
-    bench.add_argument("--threshold", type=number(0, above=True), default=0.85, help="validation accuracy to reach (default 0.85)")
+    bench.add_argument("--budget-s", type=number(0, above=True),
+                       help="wall-clock budget of the tutorial recipe (default 1200 s)")
+    bench.add_argument("--threshold", type=number(0, above=True), default=0.85,
+                       help="validation accuracy to reach (default 0.85)")
     bench.add_argument("--skip-demo", action="store_true",
                        help="do not run the notebooks; read their runtime from the results file")
     bench.add_argument("--results", help="results JSON to read the demo runtime from (default outputs/results.json)")

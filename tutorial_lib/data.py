@@ -514,8 +514,10 @@ def load_dataset(source: str | Path, *, seed: int = 0, val_fraction: float = 0.1
     """Load a classification dataset by registry name, folder or CSV manifest.
 
     - ``"retinamnist"``, ``"clothing"``: embedded, verified against the manifest.
-    - A folder: class subfolders, optionally inside ``train/``, ``validation/`` (or ``val/``)
-      and ``test/`` folders. Without split folders, a seeded stratified split is made.
+    - A folder: class subfolders, optionally inside a ``train/`` folder with ``val/`` (``valid/``,
+      ``validation/``) and/or ``test/`` beside it, in any case; the split a layout lacks comes
+      out of train. Without split folders, a seeded stratified split is made. Every class
+      keeps a training and a validation image, or a DataError names the class.
     - A ``.csv`` file: an image column and a label column (see :func:`load_csv_manifest`).
     Unreadable files in your own data are skipped with one warning that lists them.
     """
@@ -598,7 +600,8 @@ def _link_problem(path: Path, root: Path) -> str | None:
                 else "broken symbolic link (its target does not exist)")
     real_root = root.resolve()
     if target.is_dir() and (target == real_root or target in real_root.parents or real_root in target.parents):
-        return "symbolic link to a folder inside or above the dataset folder: not followed (its images would count twice)"
+        return ("symbolic link to a folder inside or above the dataset folder: not followed "
+                "(its images would count twice)")
     return None
 
 
