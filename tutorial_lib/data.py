@@ -757,7 +757,7 @@ def load_image_folder(root: str | Path, *, seed: int = 0, val_fraction: float = 
     splits = {s: ImageSplit(files, np.array([index[c] for c in labels], dtype=np.int64))
               for s, (files, labels) in scanned.items()}
     names = "/".join(p.name for p in split_dirs.values())
-    note = f"folder splits ({names})"
+    note = "folder splits"
     if "test" not in splits:  # e.g. Keras' train/ + validation/: the test split comes out of train
         splits["test"] = _carve(splits, test_fraction, seed)
         note = f"folder {names}; test: seeded stratified {test_fraction:.0%} of train (seed {seed})"
