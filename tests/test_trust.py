@@ -55,13 +55,15 @@ def _folder(root, classes=("coat", "shirt"), per_class=4):
 # =========================================================================== 1. never destroy a user's file
 
 
-@pytest.mark.parametrize("kind", ["text", "state_dict", "other_run"])
+@pytest.mark.parametrize("kind", ["text", "state_dict", "pickled_model", "other_run"])
 def test_checkpoint_path_holding_something_else_is_refused_and_kept(tmp_path, kind):
     ckpt = tmp_path / "x.pt"
     if kind == "text":
         ckpt.write_text("my notes\n")
     elif kind == "state_dict":
         torch.save(_model().state_dict(), ckpt)
+    elif kind == "pickled_model":  # torch's own error for it says to retry with weights_only=False
+        torch.save(_model(), ckpt)
     else:
         _fit(ckpt, seed=1)
     before = ckpt.read_bytes()
@@ -76,6 +78,16 @@ def test_checkpoint_path_holding_something_else_is_refused_and_kept(tmp_path, ki
         assert "seed=1 (now 0)" in message
     history = _fit(ckpt, existing="overwrite")  # the user's explicit choice
     assert len(history) == 2 and tlt.load_checkpoint(ckpt)["epoch"] == 1
+
+
+def test_damaged_weights_message_does_not_relay_the_unsafe_advice(tmp_path):
+    import tutorial_lib.models as tlm
+
+    torch.save(_model(), tmp_path / "w.pth")
+    with pytest.raises(Exception) as err:
+        torch.load(tmp_path / "w.pth", weights_only=True)
+    assert "weights_only" in str(err.value)  # what torch says ...
+    assert tlm._why_damaged(err.value) == "UnpicklingError"  # ... and what the library passes on
 
 
 def test_checkpoint_that_is_a_folder_is_refused_before_training(tmp_path, capsys):

@@ -533,7 +533,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path} holds Python objects other than tensors and plain data (a {found.group(1)}"
                                   "): it was not loaded, since loading such a file can run code from it. Delete it "
                                   "to start the run afresh.") from err
-        detail = "" if "weights_only" in str(err) else f": {str(err)[:200]}"
+        detail = "" if "weights_only" in str(err) or "eights only" in str(err) else f": {str(err)[:200]}"
         raise CheckpointError(f"{path} is not a readable checkpoint (damaged, or not saved by torch; "
                               f"{type(err).__name__}{detail}); it was not loaded. Delete it to start the run "
                               "afresh.") from err
