@@ -300,7 +300,7 @@ CLI_CASES = [
     (["train", "--data", "x", "--max-images", "0"], "--max-images"),
     (["prepare", "x", "--size", "-3"], "--size"), (["prepare", "x", "--size", "0"], "--size"),
     (["prepare", "x", "--chunk-size", "0"], "--chunk-size"),
-    (["bench", "--budget-s", "nan"], "--budget-s")]
+    (["bench", "--budget-s", "nan"], "--budget-s"), (["bench", "--threshold", "1.5"], "--threshold")]
 
 
 @pytest.mark.parametrize("argv, flag", CLI_CASES, ids=[f"{a[-2]}={a[-1]}" for a, _ in CLI_CASES])
@@ -357,7 +357,8 @@ def test_prepare_redoes_its_arrays_when_a_photo_is_replaced(tmp_path):
     for path in data.train.images:  # the same names, other pictures
         Image.new("RGB", (16, 12), (10, 200, 10)).save(path)
         os.utime(path, ns=(1, 1))
-    out = tlp.prepare(tld.load_dataset(root), out, size=16, progress=False)
+    with pytest.warns(UserWarning, match="holds a preparation of other data or settings: starting afresh"):
+        out = tlp.prepare(tld.load_dataset(root), out, size=16, progress=False)
     again = np.load(out / "train_images.npy")
     assert first[..., 1].max() < 100 and again[..., 1].max() > 150  # red photos before, green ones now
 

@@ -28,15 +28,18 @@ def whole(low: int, high: int | None = None) -> "Callable[[str], int]":
     return parse
 
 
-def number(low: float, *, above: bool = False) -> "Callable[[str], float]":
-    """An argparse ``type``: a finite number ``>= low`` (``> low`` with ``above``); NaN and inf are refused."""
+def number(low: float, high: float | None = None, *, above: bool = False) -> "Callable[[str], float]":
+    """An argparse ``type``: a finite number ``>= low`` (``> low`` with ``above``) and ``<= high``; NaN and inf
+    are refused."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
-        if not math.isfinite(value) or value < low or (above and value == low):
-            raise argparse.ArgumentTypeError(f"must be a finite number {'>' if above else '>='} {low:g}, got {text}")
+        if not math.isfinite(value) or value < low or (above and value == low) or (high is not None and value > high):
+            limit = f" and <= {high:g}" if high is not None else ""
+            raise argparse.ArgumentTypeError(f"must be a finite number {'>' if above else '>='} {low:g}{limit}, "
+                                             f"got {text}")
         return value
     return parse
 
@@ -230,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="time to accuracy, throughput against the hardware, the demo's cost")
     bench.add_argument("--budget-s", type=number(0, above=True),
                        help="wall-clock budget of the tutorial recipe (default 1200 s)")
-    bench.add_argument("--threshold", type=number(0, above=True), default=0.85,
+    bench.add_argument("--threshold", type=number(0, 1), default=0.85,
                        help="validation accuracy to reach (default 0.85)")
     bench.add_argument("--skip-demo", action="store_true",
                        help="do not run the notebooks; read their runtime from the results file")
