@@ -293,7 +293,9 @@ def test_csv_split_column_is_honoured(photo_folder):
     table["split"] = ["test" if i % 5 == 0 else "train" for i in range(len(table))]
     table.to_csv(photo_folder / "m.csv", index=False)
     data = tld.load_dataset(photo_folder / "m.csv")
-    assert len(data.test) == 6 and len(data.val) == 0 and len(data.train) == 24
+    # no val rows: validation comes out of train, as for train/ + test/ folders (it used to be empty)
+    assert len(data.test) == 6 and len(data.val) == 3 and len(data.train) == 21
+    assert set(data.val.labels) == set(data.train.labels) == {0, 1, 2}
 
 
 def test_csv_missing_column_is_named(photo_folder):

@@ -230,9 +230,11 @@ def test_training_resumes_from_its_checkpoint(vocab, tmp_path):
     second = tg.fit_tagger(again, (acts, ids), (acts, ids), config, torch.device("cpu"), checkpoint=checkpoint,
                            progress=False)  # finished run with the same data and settings: nothing to train
     pd.testing.assert_frame_equal(first, second)
-    other = tg.fit_tagger(tiny_lstm(vocab), (acts, ids), (acts, ids), tg.TaggerConfig(epochs=1, batch_size=4),
-                          torch.device("cpu"), checkpoint=checkpoint, progress=False)
-    assert len(other) == 1  # different settings: the old checkpoint is not used
+    with pytest.warns(UserWarning, match=r"another tagging run.*kept as .*tagger\.pt\.bak"):
+        other = tg.fit_tagger(tiny_lstm(vocab), (acts, ids), (acts, ids), tg.TaggerConfig(epochs=1, batch_size=4),
+                              torch.device("cpu"), checkpoint=checkpoint, progress=False)
+    assert len(other) == 1  # different settings: the old checkpoint is not used, and not destroyed either
+    assert tg.load_checkpoint(tmp_path / "tagger.pt.bak")["epoch"] == 2
 
 
 def test_tagger_precision_is_resolved_used_and_part_of_the_checkpoint(vocab, tmp_path, monkeypatch):

@@ -151,10 +151,10 @@ def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
     ckpt = tmp_path / "run.pt"
     tlt.fit(_toy_model(), train, val, tlt.TrainConfig(epochs=2, batch_size=16, seed=0), torch.device("cpu"),
             checkpoint=ckpt, **kwargs)
-    with pytest.warns(UserWarning, match="different run"):
-        history = tlt.fit(_toy_model(), train, val, tlt.TrainConfig(epochs=3, batch_size=16, seed=0),
+    with pytest.warns(UserWarning, match=r"another run: epochs=2 \(now 3\), seed=0 \(now 1\).*kept as .*run\.pt\.bak"):
+        history = tlt.fit(_toy_model(), train, val, tlt.TrainConfig(epochs=3, batch_size=16, seed=1),
                           torch.device("cpu"), checkpoint=ckpt, **kwargs)
-    assert list(history["epoch"]) == [1, 2, 3]
+    assert list(history["epoch"]) == [1, 2, 3] and tlt.load_checkpoint(tmp_path / "run.pt.bak")["epoch"] == 1
 
 
 def test_discriminative_learning_rates():

@@ -6,20 +6,51 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from . import runner
 
 
+def whole(low: int, high: int | None = None) -> "Callable[[str], int]":
+    """An argparse ``type``: a whole number in ``[low, high]``; argparse names the flag in its error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
+        return value
+    return parse
+
+
+def number(low: float, high: float | None = None, *, above: bool = False) -> "Callable[[str], float]":
+    """An argparse ``type``: a finite number ``>= low`` (``> low`` with ``above``) and ``<= high``; NaN and inf
+    are refused."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (above and value == low) or (high is not None and value > high):
+            limit = f" and <= {high:g}" if high is not None else ""
+            raise argparse.ArgumentTypeError(f"must be a finite number {'>' if above else '>='} {low:g}{limit}, "
+                                             f"got {text}")
+        return value
+    return parse
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    notebooks = runner.discover_notebooks(args.notebooks)
     parameters = {name: runner.parse_value(value) for name, value in args.parameter}
     if args.profile:
         parameters["PROFILE"] = args.profile
     results = Path(args.results).resolve() if args.results else None
     try:
+        notebooks = runner.discover_notebooks(args.notebooks)
         runs = runner.run_notebooks(notebooks, output_dir=Path(args.output_dir), parameters=parameters,
                                     results=results)
     except (runner.NotebookFailed, ValueError) as err:
@@ -86,13 +117,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .data import DataError
     from .jobs import train_job
 
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    if checkpoint is not None and checkpoint.is_dir():
+        print(f"error: --checkpoint {checkpoint} is a folder; give a file name, e.g. {checkpoint / 'run.pt'}",
+              file=sys.stderr)
+        return 2
+
     try:
         summary = train_job(args.data, backbone=args.backbone, strategy=args.strategy, epochs=args.epochs,
                             batch_size=args.batch_size, accumulate=args.accumulate, image_size=args.image_size,
                             checkpoint=args.checkpoint, results=args.results, seed=args.seed, device=args.device,
                             amp=args.amp, amp_dtype=args.amp_dtype, channels_last=args.channels_last,
                             max_images=args.max_images, num_workers=args.num_workers, lr_head=args.lr_head,
-                            lr_backbone=args.lr_backbone, source=args.source, progress=not args.quiet)
+                            lr_backbone=args.lr_backbone, source=args.source, progress=not args.quiet,
+                            overwrite=args.overwrite)
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -140,34 +178,37 @@ def _add_scale_out_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--source", help="download folder of a registry dataset (default: its cache folder)")
     train.add_argument("--backbone", default="auto")
     train.add_argument("--strategy", default="finetune_full", choices=["finetune_full", "finetune_top"])
-    train.add_argument("--epochs", type=int, default=1)
-    train.add_argument("--batch-size", type=int, default=64, help="global batch per optimizer step")
-    train.add_argument("--accumulate", type=int, default=1, help="micro-batches per step on each process")
-    train.add_argument("--image-size", type=int, default=224)
-    train.add_argument("--checkpoint", help="checkpoint file: written each epoch, resumed from if present")
+    train.add_argument("--epochs", type=whole(1), default=1)
+    train.add_argument("--batch-size", type=whole(1), default=64, help="global batch per optimizer step")
+    train.add_argument("--accumulate", type=whole(1), default=1, help="micro-batches per step on each process")
+    train.add_argument("--image-size", type=whole(16), default=224)
+    train.add_argument("--checkpoint", help="checkpoint file: written each epoch, resumed from if it is this run's")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace a --checkpoint file that is not this run's (default: refuse and keep it)")
     train.add_argument("--results", help="results JSON file (rank 0 writes it)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=whole(0), default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
     train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
     train.add_argument("--amp-dtype", default="bfloat16", choices=["bfloat16", "float16"])
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="default: on for CUDA")
-    train.add_argument("--max-images", type=int, help="cap on every split (smoke runs)")
-    train.add_argument("--num-workers", type=int, help="DataLoader workers per process (default: cores - 1, max 4)")
-    train.add_argument("--lr-head", type=float, default=1e-3)
-    train.add_argument("--lr-backbone", type=float, default=1e-4)
+    train.add_argument("--max-images", type=whole(1), help="cap on every split (smoke runs)")
+    train.add_argument("--num-workers", type=whole(0),
+                       help="DataLoader workers per process (default: cores - 1, max 4)")
+    train.add_argument("--lr-head", type=number(0, above=True), default=1e-3)
+    train.add_argument("--lr-backbone", type=number(0), default=1e-4)
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(func=_cmd_train)
 
     prep = sub.add_parser("prepare", help="decode, crop and resize a dataset once into memory-mapped arrays")
     prep.add_argument("name", help="registry name (eyepacs, aptos2019, clothing_full, ...) or your folder/CSV")
     prep.add_argument("--source", help="where the download was unpacked (default: <cache>/NAME)")
-    prep.add_argument("--size", type=int, default=224)
+    prep.add_argument("--size", type=whole(16), default=224)
     prep.add_argument("--crop", choices=["disc", "pad"], help="default: disc for fundus sets, pad otherwise")
     prep.add_argument("--output", help="default: <cache>/prepared/NAME_SIZE")
-    prep.add_argument("--chunk-size", type=int, default=256)
-    prep.add_argument("--workers", type=int, help="decoding processes (default: cores - 1)")
-    prep.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split")
+    prep.add_argument("--chunk-size", type=whole(1), default=256)
+    prep.add_argument("--workers", type=whole(0), help="decoding processes (default: cores - 1)")
+    prep.add_argument("--seed", type=whole(0), default=0, help="seed of the train/val/test split")
     prep.set_defaults(func=_cmd_prepare)
 
     down = sub.add_parser("download", help="download a Kaggle dataset with your own ~/.kaggle/kaggle.json")
@@ -190,8 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.set_defaults(func=_cmd_run)
 
     bench = sub.add_parser("bench", help="time to accuracy, throughput against the hardware, the demo's cost")
-    bench.add_argument("--budget-s", type=float, help="wall-clock budget of the tutorial recipe (default 1200 s)")
-    bench.add_argument("--threshold", type=float, default=0.85, help="validation accuracy to reach (default 0.85)")
+    bench.add_argument("--budget-s", type=number(0, above=True),
+                       help="wall-clock budget of the tutorial recipe (default 1200 s)")
+    bench.add_argument("--threshold", type=number(0, 1), default=0.85,
+                       help="validation accuracy to reach (default 0.85)")
     bench.add_argument("--skip-demo", action="store_true",
                        help="do not run the notebooks; read their runtime from the results file")
     bench.add_argument("--results", help="results JSON to read the demo runtime from (default outputs/results.json)")
@@ -210,4 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         func=_cmd_weights)
 
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        resume = (" from the last saved epoch" if getattr(args, "checkpoint", None) else
+                  "; add --checkpoint FILE to be able to resume mid-run" if args.command == "train" else "")
+        print(f"\nInterrupted. Re-run the same command to resume{resume}.", file=sys.stderr)
+        return 130

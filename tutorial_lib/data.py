@@ -19,7 +19,7 @@ import math
 import os
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as _replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
@@ -514,8 +514,10 @@ def load_dataset(source: str | Path, *, seed: int = 0, val_fraction: float = 0.1
     """Load a classification dataset by registry name, folder or CSV manifest.
 
     - ``"retinamnist"``, ``"clothing"``: embedded, verified against the manifest.
-    - A folder: class subfolders, optionally inside ``train/``, ``validation/`` (or ``val/``)
-      and ``test/`` folders. Without split folders, a seeded stratified split is made.
+    - A folder: class subfolders, optionally inside a ``train/`` folder with ``val/`` (``valid/``,
+      ``validation/``) and/or ``test/`` beside it, in any case; the split a layout lacks comes
+      out of train. Without split folders, a seeded stratified split is made. Every class
+      keeps a training and a validation image, or a DataError names the class.
     - A ``.csv`` file: an image column and a label column (see :func:`load_csv_manifest`).
     Unreadable files in your own data are skipped with one warning that lists them.
     """
@@ -587,17 +589,61 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name.startswith("__")
 
 
+def _link_problem(path: Path, root: Path) -> str | None:
+    """Why the symbolic link ``path`` is not followed (``None``: follow it)."""
+    try:
+        target = path.resolve(strict=True)
+    except RuntimeError:  # Python 3.11 reports a loop this way; 3.13 as OSError
+        return "symbolic link loop: not followed"
+    except OSError as err:
+        return ("symbolic link loop: not followed" if getattr(err, "errno", None) == 40
+                else "broken symbolic link (its target does not exist)")
+    real_root = root.resolve()
+    if target.is_dir() and (target == real_root or target in real_root.parents or real_root in target.parents):
+        return ("symbolic link to a folder inside or above the dataset folder: not followed "
+                "(its images would count twice)")
+    return None
+
+
+def _walk_files(folder: Path, root: Path, skipped: list[tuple[Path, str]], seen: set[Path]) -> list[Path]:
+    """The non-hidden files under ``folder``; links that dangle, loop or point back into ``root`` go to ``skipped``."""
+    found = []
+    for path in sorted(folder.iterdir()):
+        if _is_hidden(path.name):
+            continue
+        if path.is_symlink():
+            problem = _link_problem(path, root)
+            if problem:
+                skipped.append((path, problem))
+                continue
+        if path.is_dir():
+            real = path.resolve()
+            if real not in seen:  # a link to a folder outside ``root`` is followed once
+                seen.add(real)
+                found += _walk_files(path, root, skipped, seen)
+        elif path.is_file():
+            found.append(path)
+    return found
+
+
 def _scan_class_folders(root: Path) -> tuple[list[Path], list[str], list[tuple[Path, str]]]:
     """Image files and their class names under ``root/<class>/``, plus the skipped files and why."""
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name))
+    skipped: list[tuple[Path, str]] = []
+    class_dirs = []
+    for p in sorted(root.iterdir()):
+        if _is_hidden(p.name):
+            continue
+        problem = _link_problem(p, root) if p.is_symlink() else None
+        if problem:
+            skipped.append((p, problem))
+        elif p.is_dir():
+            class_dirs.append(p)
     if not class_dirs:
         raise DataError(f"{root} has no class subfolders. Lay your images out as {root}/<class name>/<image>.")
-    files, labels, skipped = [], [], []
+    files, labels = [], []
     for class_dir in class_dirs:
         found = 0
-        for path in sorted(class_dir.rglob("*")):
-            if not path.is_file() or any(_is_hidden(p) for p in path.relative_to(root).parts):
-                continue
+        for path in _walk_files(class_dir, root, skipped, {class_dir.resolve()}):
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 skipped.append((path, "not an image file extension"))
                 continue
@@ -634,14 +680,53 @@ def _warn_skipped(skipped: list[tuple[Path, str]]) -> None:
         warnings.warn(f"Skipped {len(skipped)} file(s) that are not usable images:\n  {listing}{more}", stacklevel=3)
 
 
+def _tree(root: Path, depth: int = 2, limit: int = 12) -> str:
+    """A few lines showing the folders under ``root`` (for error messages about the layout)."""
+    lines = [f"{root}/"]
+
+    def walk(folder: Path, level: int) -> None:
+        subs = sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
+        for sub in subs[:limit]:
+            n = sum(1 for f in sub.iterdir() if f.is_file())
+            lines.append(f"{'  ' * level}{sub.name}/" + (f" ({n} files)" if n else ""))
+            if level < depth:
+                walk(sub, level + 1)
+        if len(subs) > limit:
+            lines.append(f"{'  ' * level}... and {len(subs) - limit} more folders")
+
+    walk(root, 1)
+    return "\n  ".join(lines)
+
+
 def _find_split_folders(root: Path) -> dict[str, Path]:
-    found = {}
-    for split, names in SPLIT_FOLDER_NAMES.items():
-        for n in names:
-            if (root / n).is_dir():
-                found[split] = root / n
-                break
+    """``train``/``val``/``test`` folders under ``root``, matched without regard to case (``Train``, ``valid``,
+    ``Validation``). Empty: a plain class-folder tree. A mix, or two folders for one split, is a DataError."""
+    aliases = {name: split for split, names in SPLIT_FOLDER_NAMES.items() for name in names}
+    found: dict[str, Path] = {}
+    others = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name)):
+        split = aliases.get(folder.name.strip().lower())
+        if split is None:
+            others.append(folder.name)
+        elif split in found:
+            raise DataError(f"{root}: both {found[split].name}/ and {folder.name}/ look like the {split} split; keep "
+                            f"one. The folders seen:\n  {_tree(root)}")
+        else:
+            found[split] = folder
+    if found and (others or "train" not in found or len(found) < 2):
+        raise DataError(f"{root} mixes split folders ({', '.join(p.name for p in found.values())}) with "
+                        f"{'other folders ' + str(others) if others else 'too few of them'}. Use either class "
+                        "folders only, or a train/ folder with val/ and/or test/ beside it, each holding class "
+                        f"folders. The folders seen:\n  {_tree(root)}")
     return found
+
+
+def _carve(splits: dict[str, "ImageSplit"], fraction: float, seed: int) -> "ImageSplit":
+    """Take a seeded stratified ``fraction`` of the training split out (as the split the folders lack)."""
+    train = splits["train"]
+    keep, held = _stratified_split(np.arange(len(train)), train.labels, fraction, seed)
+    splits["train"] = train.subset(keep)
+    return train.subset(held)
 
 
 def load_image_folder(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
@@ -650,29 +735,107 @@ def load_image_folder(root: str | Path, *, seed: int = 0, val_fraction: float = 
     root = Path(root)
     split_dirs = _find_split_folders(root)
     skipped: list[tuple[Path, str]] = []
-    if "train" in split_dirs and "test" in split_dirs:
-        scanned: dict[str, tuple[list[Path], list[str]]] = {}
-        for split, folder in split_dirs.items():
-            files, labels, skip = _scan_class_folders(folder)
-            skipped += skip
-            scanned[split] = _drop_unreadable(files, labels, skipped, check_images)
+    if not split_dirs:
+        files, labels, skipped = _scan_class_folders(root)
+        files, labels = _drop_unreadable(files, labels, skipped, check_images)
         _warn_skipped(skipped)
-        classes = sort_classes(scanned["train"][1])
-        _check_classes(classes, {s: labels for s, (_, labels) in scanned.items()}, root)
-        index = {c: i for i, c in enumerate(classes)}
-        splits = {s: ImageSplit(files, np.array([index[c] for c in labels], dtype=np.int64))
-                  for s, (files, labels) in scanned.items()}
-        note = "folder splits"
-        if "val" not in splits:
-            train = splits["train"]
-            keep, held = _stratified_split(np.arange(len(train)), train.labels, val_fraction, seed)
-            splits["train"], splits["val"] = train.subset(keep), train.subset(held)
-            note = f"folder train/test; validation: seeded stratified {val_fraction:.0%} of train (seed {seed})"
-        return ClassificationData(root.name, classes, splits["train"], splits["val"], splits["test"], note)
-    files, labels, skipped = _scan_class_folders(root)
-    files, labels = _drop_unreadable(files, labels, skipped, check_images)
+        _warn_similar_labels(labels, root)
+        data = _rebalance(_split_seeded(root.name, files, labels, seed, val_fraction, test_fraction), seed,
+                          ("train", "val", "test"))
+        _check_trainable(data, root, val_fraction)
+        return data
+    scanned: dict[str, tuple[list[Path], list[str]]] = {}
+    for split, folder in split_dirs.items():
+        files, labels, skip = _scan_class_folders(folder)
+        skipped += skip
+        scanned[split] = _drop_unreadable(files, labels, skipped, check_images)
     _warn_skipped(skipped)
-    return _split_seeded(root.name, files, labels, seed, val_fraction, test_fraction)
+    _warn_similar_labels([c for _, labels in scanned.values() for c in labels], root)
+    classes = sort_classes(scanned["train"][1])
+    _check_classes(classes, {s: labels for s, (_, labels) in scanned.items()}, root)
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {s: ImageSplit(files, np.array([index[c] for c in labels], dtype=np.int64))
+              for s, (files, labels) in scanned.items()}
+    names = "/".join(p.name for p in split_dirs.values())
+    note = "folder splits"
+    if "test" not in splits:  # e.g. Keras' train/ + validation/: the test split comes out of train
+        splits["test"] = _carve(splits, test_fraction, seed)
+        note = f"folder {names}; test: seeded stratified {test_fraction:.0%} of train (seed {seed})"
+    if "val" not in splits:
+        _check_trainable(ClassificationData(root.name, classes, splits["train"], splits["train"], splits["test"]),
+                         root, val_fraction, before_val=True)
+        splits["val"] = _carve(splits, val_fraction, seed)
+        note = f"folder {names}; validation: seeded stratified {val_fraction:.0%} of train (seed {seed})"
+    data = ClassificationData(root.name, classes, splits["train"], splits["val"], splits["test"], note)
+    if "val" not in split_dirs:
+        data = _rebalance(data, seed)
+    _check_trainable(data, root, val_fraction)
+    return data
+
+
+def _rebalance(data: ClassificationData, seed: int, movable: Sequence[str] = ("train", "val")) -> ClassificationData:
+    """Move single images between seeded splits where a class has no training or no validation image.
+
+    On tiny data the split cannot be stratified, and a class may end with no validation (or no
+    training) image; one of its images (chosen with ``seed``) then comes from the ``movable`` split
+    that has the most of them, if that split keeps one. Splits the user made are not ``movable``.
+    """
+    splits = dict(data.splits)
+    rng = np.random.default_rng(seed)
+    for c in range(len(data.classes)):
+        for dst in ("train", "val"):
+            if (splits[dst].labels == c).any():
+                continue
+            src = max((s for s in movable if s != dst), key=lambda s: int((splits[s].labels == c).sum()))
+            have = np.flatnonzero(splits[src].labels == c)
+            if len(have) < 2:
+                continue
+            i = int(rng.choice(have))
+            split = splits[src]
+            splits[dst] = ImageSplit(list(splits[dst].images) + [split.images[i]],
+                                     np.concatenate([splits[dst].labels, split.labels[i:i + 1]]))
+            splits[src] = split.subset(np.delete(np.arange(len(split)), i))
+    return _replace(data, **splits)
+
+
+def _check_trainable(data: ClassificationData, source: Path, val_fraction: float, before_val: bool = False) -> None:
+    """Every class keeps at least one training and one validation image, or say which class needs more."""
+    n = len(data.classes)
+    train = np.bincount(data.train.labels, minlength=n)
+    if before_val:  # validation is still to be carved out of train: each class needs 2 there
+        short = [(c, int(k)) for c, k in zip(data.classes, train) if k < 2]
+        if short:
+            listing = ", ".join(f"{c!r} ({k} training image{'s' * (k != 1)})" for c, k in short)
+            raise DataError(f"{source}: class(es) {listing} are too small: validation is taken out of the training "
+                            "images, so every class needs at least 2 there (1 to train on, 1 to validate). Add "
+                            "images to those classes, or give a val/ folder.")
+        return
+    val = np.bincount(data.val.labels, minlength=n)
+    short = [(c, int(t), int(v)) for c, t, v in zip(data.classes, train, val) if t < 1 or v < 1]
+    if short:
+        listing = ", ".join(f"{c!r} ({t} train, {v} validation)" for c, t, v in short)
+        need = max(2, math.ceil(1 / max(val_fraction, 1e-9)))
+        raise DataError(f"{source}: class(es) {listing} lack a training or a validation image; every class needs "
+                        f"at least one of each. Add images (with val_fraction {val_fraction:g}, about {need} per "
+                        "class makes one validation image each), or put some in the val/ folder or split column.")
+
+
+def _warn_similar_labels(labels: Sequence[str], source: Path) -> None:
+    """Warn about class names that differ only by case, spaces or number format (``A``/``a``, ``1``/``1.0``)."""
+    def key(label: str) -> str:
+        text = str(label).strip().casefold()
+        try:
+            return repr(float(text))
+        except ValueError:
+            return text
+
+    groups: dict[str, set[str]] = {}
+    for label in set(labels):
+        groups.setdefault(key(label), set()).add(label)
+    similar = [sorted(g) for g in groups.values() if len(g) > 1]
+    if similar:
+        warnings.warn(f"{source}: labels {similar} differ only by case, spaces or number format, and are treated "
+                      "as different classes. If they are the same class, write them the same way.", stacklevel=3)
 
 
 def sort_classes(names: set[str] | Sequence[str]) -> list[str]:
@@ -747,6 +910,11 @@ def _read_csv(path: Path, *, skipped: list[list[str]] | None = None) -> pd.DataF
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(f"{path} could not be read as CSV ({type(err).__name__}: {err}). "
                         "Fix: save it as comma-separated UTF-8 text (spreadsheet: 'CSV UTF-8').") from err
+    if len(table.columns) == 1 and skipped is None:  # one column: perhaps another separator (; from a spreadsheet)
+        sep = next((c for c in (";", "\t", "|") if c in table.columns[0]), None)
+        if sep is not None:
+            table = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True,
+                                encoding="utf-8-sig")
     if table.empty:
         raise DataError(f"{path} has a header but no rows. Add one row per image.")
     table.columns = [c.strip() for c in table.columns]
@@ -761,15 +929,20 @@ def _resolve_image_column(table: pd.DataFrame, image_column: str | None, source:
     for candidate in IMAGE_COLUMN_NAMES:
         if candidate in table.columns:
             return candidate
+    hint = (" It has a single column: the file is read as comma-separated; save it with commas (or ;, tab, |)."
+            if len(table.columns) == 1 else "")
     raise DataError(f"{source} has no image column: name one of {IMAGE_COLUMN_NAMES} or pass image_column=...; "
-                    f"its columns are {list(table.columns)}.")
+                    f"its columns are {list(table.columns)}.{hint}")
 
 
 def _image_paths(table: pd.DataFrame, column: str, base: Path, suffix: str) -> list[Path]:
+    """The images of ``column``, trimmed, with ``\\`` as ``/``, ``./`` and ``//`` removed, absolute and resolved:
+    ``imgs/a/0.jpg``, ``./imgs/a/0.jpg``, ``imgs//a/0.jpg`` and ``imgs\\a\\0.jpg `` are one image."""
     paths = []
     for value in table[column]:
+        value = os.path.normpath(value.strip().replace("\\", "/"))
         p = Path(value + suffix if suffix and not value.endswith(suffix) else value)
-        paths.append(p if p.is_absolute() else base / p)
+        paths.append((p if p.is_absolute() else base / p).resolve())
     return paths
 
 
@@ -791,26 +964,33 @@ def load_csv_manifest(path: str | Path, *, image_column: str | None = None, labe
     if label_column not in table.columns:
         raise DataError(f"{path} has no label column {label_column!r}; pass label_column=... "
                         f"(its columns are {list(table.columns)}).")
-    duplicates = int(table.duplicated().sum())
-    if duplicates:
-        warnings.warn(f"{path}: dropped {duplicates} duplicate row(s).", stacklevel=2)
-        table = table.drop_duplicates().reset_index(drop=True)
-    conflicting = table[table.duplicated(column, keep=False)]
-    if not conflicting.empty:
-        raise DataError(f"{path}: image(s) listed more than once with different labels, e.g. "
-                        f"{conflicting[column].iloc[0]!r}. Keep one row per image.")
     for name in (column, label_column):
         blank = table.index[table[name].str.strip() == ""].tolist()
         if blank:
             raise DataError(f"{path}: blank {name!r} in data row(s) {[i + 1 for i in blank[:10]]}. "
                             "Fill them in or delete those rows.")
-    labels = table[label_column].str.strip().tolist()
+    base = path.parent / image_folder
+    written = table[column].copy()
+    table[column] = [str(f) for f in _image_paths(table, column, base, image_suffix)]  # compared as resolved paths
+    table[label_column] = table[label_column].str.strip()
+    duplicates = int(table.duplicated().sum())
+    if duplicates:
+        warnings.warn(f"{path}: dropped {duplicates} duplicate row(s) (paths compared after resolving them).",
+                      stacklevel=2)
+        keep = ~table.duplicated()
+        table, written = table[keep].reset_index(drop=True), written[keep].reset_index(drop=True)
+    conflicting = table.duplicated(column, keep=False)
+    if conflicting.any():
+        rows = written[conflicting].tolist()[:4]
+        raise DataError(f"{path}: one image listed more than once with different labels or splits: {rows} are "
+                        f"the same file ({table[column][conflicting].iloc[0]}). Keep one row per image.")
+    labels = table[label_column].tolist()
     if classes is not None:
         unknown = sorted(set(labels) - set(classes))
         if unknown:
             raise DataError(f"{path}: unknown label(s) {unknown}; expected one of {list(classes)}.")
-    base = path.parent / image_folder
-    files = _image_paths(table, column, base, image_suffix)
+    _warn_similar_labels(labels, path)
+    files = [Path(f) for f in table[column]]
     missing = [(f, "listed in the CSV but not found") for f in files if not f.exists()]
     present = [i for i, f in enumerate(files) if f.exists()]
     files, labels = [files[i] for i in present], [labels[i] for i in present]
@@ -820,7 +1000,10 @@ def load_csv_manifest(path: str | Path, *, image_column: str | None = None, labe
     if split_values is None:
         files, labels = _drop_unreadable(files, labels, missing, check_images)
         _warn_skipped(missing)
-        return _split_seeded(path.stem, files, labels, seed, val_fraction, test_fraction)
+        data = _rebalance(_split_seeded(path.stem, files, labels, seed, val_fraction, test_fraction), seed,
+                          ("train", "val", "test"))
+        _check_trainable(data, path, val_fraction)
+        return data
     aliases = {name: split for split, names in SPLIT_FOLDER_NAMES.items() for name in names}
     bad = sorted({s for s in split_values if s not in aliases})
     if bad:
@@ -835,7 +1018,17 @@ def load_csv_manifest(path: str | Path, *, image_column: str | None = None, labe
     index = {c: i for i, c in enumerate(known)}
     splits = {s: ImageSplit(f, np.array([index[c] for c in labels], dtype=np.int64))
               for s, (f, labels) in by_split.items()}
-    return ClassificationData(path.stem, known, splits["train"], splits["val"], splits["test"], "CSV splits")
+    note = "CSV splits"
+    if not len(splits["val"]):  # a split column with train and test only: validation comes out of train
+        _check_trainable(ClassificationData(path.stem, known, splits["train"], splits["train"], splits["test"]),
+                         path, val_fraction, before_val=True)
+        splits["val"] = _carve(splits, val_fraction, seed)
+        note = f"CSV train/test; validation: seeded stratified {val_fraction:.0%} of train (seed {seed})"
+    data = ClassificationData(path.stem, known, splits["train"], splits["val"], splits["test"], note)
+    if note != "CSV splits":
+        data = _rebalance(data, seed)
+    _check_trainable(data, path, val_fraction)
+    return data
 
 
 def _csv_columns(path: Path) -> set[str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +28,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
+
+from .files import atomic_path
 
 FEATURES_VERSION = 1  # bump when a descriptor's output changes for the same parameters: old cache entries miss
 
@@ -409,16 +410,9 @@ def _content_digest(items: Sequence[ImageLike]) -> str:
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     """Write ``array`` to ``path`` so a reader sees the whole file or none (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    with atomic_path(path, suffix=".npy.tmp") as tmp:
+        with open(tmp, "wb") as fh:
             np.save(fh, array)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is for everyone who runs the notebooks
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def stack_features(extractor: "ImageFeatures", splits: Sequence[Any], views: Sequence[Any] = (None,)

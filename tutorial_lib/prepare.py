@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .files import atomic_write_text
 from .data import (REGISTRY, ClassificationData, DataError, ImageSplit, cache_dir, fetch, load_dataset,
                    load_registered, load_retinamnist)
 
@@ -143,6 +143,7 @@ def _try_process(args: tuple[Any, int, str]) -> tuple[np.ndarray | None, str]:
 
 
 def _fingerprint(data: ClassificationData, size: int, crop: str) -> str:
+    """What the prepared arrays depend on: settings, classes, labels, and each image's path, size and mtime."""
     digest = hashlib.sha256(json.dumps({"size": size, "crop": crop, "classes": data.classes,
                                         "version": PREPARED_VERSION}).encode())
     for name in SPLITS:
@@ -150,16 +151,15 @@ def _fingerprint(data: ClassificationData, size: int, crop: str) -> str:
         if isinstance(split.images, np.ndarray):
             digest.update(np.ascontiguousarray(split.images).data)
         else:
-            digest.update("\n".join(str(p) for p in split.images).encode())
+            for path in split.images:  # size and modification time: a photo replaced under its name counts
+                stat = os.stat(path)
+                digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
         digest.update(np.ascontiguousarray(split.labels).data)
     return digest.hexdigest()[:16]
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def _open_array(path: Path, shape: tuple[int, ...]) -> np.memmap:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+
+from .files import atomic_write_text  # noqa: F401  (re-exported: notebooks and jobs import it from here)
 
 TASKS = ("dr", "clothing", "tagging")
 METHODS = ("svm", "linear_probe", "finetune_top", "finetune_top_ensemble", "finetune_full", "independent_heads", "cnn_lstm")
@@ -54,21 +54,6 @@ def load_results(path: str | Path | None = None) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({err}); delete it and re-run the notebooks.") from err
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _plain(value: Any) -> Any:
     """NumPy scalars and arrays to JSON-friendly Python values."""
     if isinstance(value, Mapping):
@@ -95,7 +80,9 @@ def record_metrics(task: str, method: str, metrics: Mapping[str, Any], *, datase
     """Record ``metrics`` of ``method`` on ``task``; return the task's entry.
 
     Unknown task, method or metric names are refused, so a typo cannot create a
-    result that the results notebook and the tests never read.
+    result that the results notebook and the tests never read. A task recorded on
+    another ``dataset`` before is started afresh (with a warning), so one task's methods
+    always come from one data set; each method's ``details`` name its dataset.
     """
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}; use one of {TASKS}.")
@@ -107,11 +94,18 @@ def record_metrics(task: str, method: str, metrics: Mapping[str, Any], *, datase
     path = results_path(path)
     results = load_results(path)
     entry = results.setdefault(task, {"methods": {}})
-    entry.update({"dataset": dataset, "split": split, "n_train": int(n_train), "n_test": int(n_test),
-                  "backbone": backbone})
+    if entry.get("dataset") not in (None, dataset) and entry.get("methods"):
+        import warnings
+
+        warnings.warn(f"{path}: {task} results were on {entry['dataset']!r}; recording on {dataset!r} starts "
+                      f"{task} afresh (dropped: {', '.join(entry['methods'])}).", stacklevel=2)
+        entry = results[task] = {"methods": {}}
+    entry.update({"dataset": dataset, "split": split, "n_train": int(n_train), "n_test": int(n_test)})
+    if backbone is not None or "backbone" not in entry:
+        entry["backbone"] = backbone
     entry.setdefault("methods", {})[method] = _plain(dict(metrics))
-    if extra:
-        entry.setdefault("details", {})[method] = _plain(dict(extra))
+    entry.setdefault("details", {})[method] = _plain({**dict(extra or {}), "dataset": dataset,
+                                                      **({"backbone": backbone} if backbone else {})})
     _save(results, path)
     return entry
 
@@ -250,6 +244,7 @@ def method_table(results: Mapping[str, Any], task: str) -> "pd.DataFrame":
         if task == "tagging":
             row["articleType accuracy"] = metrics.get("field_accuracy", {}).get("articleType")
         row["profile"] = _profile(results[task], method)
+        row["dataset"] = results[task].get("details", {}).get(method, {}).get("dataset", results[task].get("dataset"))
         rows[method] = row
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
@@ -265,8 +260,9 @@ def results_markdown(results: Mapping[str, Any], floors: "pd.DataFrame | None" =
             lines += [f"## {task}", "", "Nothing recorded yet.", ""]
             continue
         table = method_table(results, task)
+        backbone = f", backbone {entry['backbone']}" if entry.get("backbone") else ""
         lines += [f"## {task}: {entry.get('dataset')} ({entry.get('split')} split, n_train={entry.get('n_train')}, "
-                  f"n_test={entry.get('n_test')}, backbone {entry.get('backbone')})", "",
+                  f"n_test={entry.get('n_test')}{backbone})", "",
                   _markdown_table(table.reset_index()), ""]
         if task in TALK_RESULTS:
             talk = TALK_RESULTS[task]

@@ -113,6 +113,33 @@ def _check_choice(notebook: Path, name: str, value: Any) -> None:
                              "(or cuda:N).")
 
 
+# The numeric parameters' ranges: (lowest, highest, what a special value means). Checked before a kernel starts.
+PARAMETER_RANGES: dict[str, tuple[float, float | None, str]] = {
+    "SEED": (0, None, ""), "EPOCHS": (0, None, "0: the profile's"), "TOP_STAGES": (0, None, "0: the profile's"),
+    "IMAGE_SIZE": (16, None, "0: the profile's"), "ENSEMBLE": (1, None, ""), "NUM_WORKERS": (0, None, ""),
+    "THREADS": (0, None, "0: torch's default"), "MIN_COUNT": (1, None, ""), "BEAM_SIZE": (1, None, ""),
+    "N_JOBS": (1, None, "-1: every core"), "VAL_FRACTION": (0, 1, "a fraction strictly between 0 and 1"),
+}
+
+
+def _check_range(notebook: Path, name: str, value: Any) -> None:
+    """Refuse a number outside the parameter's range (``-p IMAGE_SIZE -5``, ``-p EPOCHS -2``) with the range."""
+    if name not in PARAMETER_RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    low, high, special = PARAMETER_RANGES[name]
+    allowed = {"0": 0, "-1": -1}.get(special.split(":")[0], None)
+    if value == allowed:
+        return
+    if name == "VAL_FRACTION":
+        ok = low < value < high
+    else:
+        ok = value >= low and (high is None or value <= high)
+    if not ok:
+        span = f"at least {low}" if high is None else f"between {low} and {high}"
+        note = f" ({special})" if special else ""
+        raise ValueError(f"{notebook.name}: parameter {name} must be {span}{note}, got {value!r}.")
+
+
 def resolve_path_parameter(name: str, value: Any, cwd: Path | None = None) -> Any:
     """Make a ``*_DIR`` / ``*_PATH`` value absolute against the caller's folder.
 
@@ -149,6 +176,7 @@ def check_parameters(notebook: Path, parameters: dict[str, Any]) -> dict[str, An
             continue
         value = _check_value(notebook, name, value, declared[name].get("default"))
         _check_choice(notebook, name, value)
+        _check_range(notebook, name, value)
         accepted[name] = resolve_path_parameter(name, value)
     return accepted
 

@@ -34,8 +34,8 @@ from torch.nn import functional as F
 
 from .env import make_generator, seed_everything
 from .models import Backbone
-from .train import (atomic_save, load_checkpoint, param_groups, precision_autocast, resolve_precision, split_model,
-                    warmup_cosine)
+from .train import (atomic_save, keep_aside, load_checkpoint, param_groups, precision_autocast, resolve_precision,
+                    split_model, warmup_cosine)
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
@@ -538,6 +538,8 @@ def fit_tagger(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tupl
             scheduler.load_state_dict(state["scheduler"])
             history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
             torch.set_rng_state(state["rng"])  # dropout continues as in an uninterrupted run
+        else:  # another run's checkpoint: kept aside, never overwritten
+            keep_aside(Path(checkpoint), f"{checkpoint} is the checkpoint of another tagging run", stacklevel=3)
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         model.train()

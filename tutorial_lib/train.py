@@ -24,7 +24,9 @@ import json
 import math
 import os
 import pickle
-import tempfile
+import random
+import re
+import warnings
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
 from .data import ImageDataset, ImageSplit
+from .files import atomic_path
 from .env import explains_out_of_memory, make_generator, seed_everything, seed_worker
 from .models import Backbone
 
@@ -90,7 +93,9 @@ def limit_split(split: ImageSplit, max_images: int | None, seed: int) -> ImageSp
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(split.labels)
-    stratify = split.labels if counts[counts > 0].min() >= 2 else None
+    if max_images < 1:
+        raise ValueError(f"max_images (--max-images) must be at least 1, got {max_images}.")
+    stratify = split.labels if counts[counts > 0].min() >= 2 and max_images >= (counts > 0).sum() else None
     keep, _ = train_test_split(np.arange(len(split)), train_size=max_images, random_state=seed, stratify=stratify)
     return split.subset(np.sort(keep))
 
@@ -165,15 +170,9 @@ def top_stages(backbone: Backbone, n: int) -> str:
 
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file, then rename: a kill mid-write leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    path = Path(path)
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
 
@@ -203,15 +202,8 @@ def cached_array(cache_dir: Path | None, key: dict[str, Any], compute: Callable[
         except (ValueError, OSError, EOFError):
             path.unlink(missing_ok=True)  # a damaged cache entry is recomputed, never trusted
     array = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".npy")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return array
 
 
@@ -499,8 +491,15 @@ def predict_proba(model: nn.Module, data: Dataset, device: torch.device, *, batc
 
 
 def _rng_state() -> dict[str, Any]:
-    """The random state that training consumes (dropout, augmentation in the main process)."""
-    state = {"torch": torch.get_rng_state()}
+    """The random state that training consumes: torch (dropout, sampling), Python's ``random`` and NumPy's
+    global generator (augmentations such as timm's RandomResizedCrop, in the main process when
+    ``num_workers=0``). Kept as plain data and tensors, so ``weights_only`` loading accepts it."""
+    np_state = np.random.get_state(legacy=False)
+    version, internal, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss],
+             "numpy": {"bit_generator": np_state["bit_generator"], "key": torch.from_numpy(
+                 np_state["state"]["key"].astype(np.int64)), "pos": int(np_state["state"]["pos"]),
+                 "has_gauss": int(np_state["has_gauss"]), "gauss": float(np_state["gauss"])}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -508,6 +507,13 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
+    if "python" in state:  # checkpoints before Python's and NumPy's states were kept lack them
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        s = state["numpy"]
+        np.random.set_state({"bit_generator": s["bit_generator"], "has_gauss": s["has_gauss"], "gauss": s["gauss"],
+                             "state": {"key": s["key"].numpy().astype(np.uint32), "pos": s["pos"]}})
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -520,9 +526,86 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint written by :func:`fit` with ``weights_only=True``: loading runs no code from the file."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:200]}); "
-                              "it was not loaded. Delete it to start the run afresh.") from err
+    except Exception as err:  # noqa: BLE001  (a text file raises KeyError, half a zip RuntimeError, ...)
+        # torch's own message suggests weights_only=False, which would run any code in the file: never relay it
+        found = re.search(r"GLOBAL ([\w.]+)", str(err)) if isinstance(err, pickle.UnpicklingError) else None
+        if found:
+            raise CheckpointError(f"{path} holds Python objects other than tensors and plain data (a {found.group(1)}"
+                                  "): it was not loaded, since loading such a file can run code from it. Delete it "
+                                  "to start the run afresh.") from err
+        detail = "" if "weights_only" in str(err) or "eights only" in str(err) else f": {str(err)[:200]}"
+        raise CheckpointError(f"{path} is not a readable checkpoint (damaged, or not saved by torch; "
+                              f"{type(err).__name__}{detail}); it was not loaded. Delete it to start the run "
+                              "afresh.") from err
+
+
+EXISTING = ("refuse", "backup", "overwrite")
+
+
+def _other_run(old_key: str, new_key: str) -> str:
+    """The settings in which two run keys differ, e.g. ``lr_head=0.001 (now 0.01)``."""
+    old, new = json.loads(old_key), json.loads(new_key)
+    flat = lambda key: {**{k: v for k, v in key.items() if k != "config"}, **key.get("config", {})}  # noqa: E731
+    old, new = flat(old), flat(new)
+    return ", ".join(f"{k}={old.get(k)!r} (now {new.get(k)!r})" for k in sorted(set(old) | set(new))
+                     if old.get(k) != new.get(k)) or "other settings"
+
+
+def read_own_checkpoint(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(state, None)`` for a checkpoint written by :func:`fit`, else ``(None, what the file is)``.
+
+    A folder at ``path`` raises :class:`CheckpointError` (a checkpoint can never be written there)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"The checkpoint path {path} is a folder; give a file name, e.g. {path / 'run.pt'}.")
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as err:
+        return None, str(err).split(" Delete it")[0].removesuffix("; it was not loaded.")
+    if not (isinstance(state, dict) and "run_key" in state and "epoch" in state):
+        return None, f"{path} is not a checkpoint written by this library's fit (a state_dict or another file)"
+    return state, None
+
+
+def _resume_state(checkpoint: Path | None, run_key: str, epochs: int, existing: str) -> dict[str, Any] | None:
+    """The state to resume from ``checkpoint``, or ``None`` to start afresh.
+
+    This run's checkpoint is resumed, also when ``epochs`` grew (the run continues). Anything
+    else at the path (another run's checkpoint, a state_dict, a damaged or unrelated file)
+    is, by ``existing``: ``"refuse"``: left untouched, :class:`CheckpointError`;
+    ``"backup"``: renamed to ``<name>.bak`` with a warning; ``"overwrite"``: replaced.
+    """
+    if existing not in EXISTING:
+        raise ValueError(f"existing={existing!r}: use one of {EXISTING}.")
+    if checkpoint is None or not Path(checkpoint).exists() and not Path(checkpoint).is_symlink():
+        return None
+    path = Path(checkpoint)
+    state, problem = read_own_checkpoint(path)
+    if state is not None:
+        old, new = json.loads(state["run_key"]), json.loads(run_key)
+        old["config"].pop("epochs", None), new["config"].pop("epochs", None)
+        done = state["epoch"] + 1
+        if old == new and done <= epochs:
+            if done < epochs and json.loads(state["run_key"])["config"].get("epochs") != epochs:
+                warnings.warn(f"{path.name}: continuing the run from epoch {done} to {epochs} epochs.", stacklevel=4)
+            return state
+        problem = (f"{path} already holds {done} trained epochs, more than the {epochs} asked for" if old == new
+                   else f"{path} is the checkpoint of another run: {_other_run(state['run_key'], run_key)}")
+    if existing == "refuse":
+        raise CheckpointError(f"{problem}; it was left untouched. To resume it, re-run with the settings it was "
+                              "written with; to keep it, pass another checkpoint path; to replace it, pass "
+                              "--overwrite (command line) or existing='overwrite' (Python).")
+    if existing == "backup":
+        keep_aside(path, problem, stacklevel=5)
+    return None
+
+
+def keep_aside(path: Path, problem: str, stacklevel: int = 2) -> Path:
+    """Rename ``path`` to ``<name>.bak`` (replacing an older ``.bak``) with a warning that says ``problem``."""
+    backup = Path(path).with_name(Path(path).name + ".bak")
+    os.replace(path, backup)
+    warnings.warn(f"{problem}. Starting afresh; the old file is kept as {backup}.", stacklevel=stacklevel)
+    return backup
 
 
 def dataset_labels(data: Dataset) -> np.ndarray:
@@ -538,13 +621,15 @@ def dataset_labels(data: Dataset) -> np.ndarray:
 def fit(model: nn.Module, train_data: Dataset, val_data: Dataset, config: TrainConfig, device: torch.device, *,
         head_prefixes: Sequence[str] = (), n_classes: int, train_labels: np.ndarray | None = None,
         checkpoint: Path | None = None, score: Callable[[np.ndarray, np.ndarray], float] | None = None,
-        stop_after_epoch: int | None = None, progress: bool = True) -> pd.DataFrame:
+        stop_after_epoch: int | None = None, progress: bool = True, existing: str = "backup") -> pd.DataFrame:
     """Train ``model`` and return its history (one row per epoch).
 
     ``head_prefixes`` name the new layers (they get ``lr_head``; the rest ``lr_backbone``).
     With ``checkpoint``, the state is saved atomically after every epoch and an existing
     checkpoint is resumed from, so an interrupted run picks up where it stopped and ends
-    with the same weights. ``stop_after_epoch`` simulates an interruption (for tests).
+    with the same weights; the same run with more ``epochs`` continues from where it ended.
+    A file at ``checkpoint`` that is not this run's checkpoint is handled by ``existing``
+    (see :func:`_resume_state`). ``stop_after_epoch`` simulates an interruption (for tests).
     The weights of the epoch with the best validation ``score`` (default: accuracy) are
     loaded back at the end.
 
@@ -582,20 +667,7 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset, config: TrainC
     run_key = json.dumps({"config": _run_config(config), "n_train": len(train_data), "n_val": len(val_data),
                           "train_labels": int(np.asarray(train_labels).sum()) if train_labels is not None else None,
                           "params": sum(p.numel() for p in model.parameters())}, sort_keys=True)
-    state = None
-    if checkpoint is not None and Path(checkpoint).exists():
-        try:
-            state = load_checkpoint(Path(checkpoint))
-        except CheckpointError as err:  # e.g. written by a process killed before atomic saves existed
-            import warnings
-
-            warnings.warn(f"{err} Starting afresh; it will be overwritten.", stacklevel=3)
-    if state is not None and state.get("run_key") != run_key:
-        import warnings
-
-        warnings.warn(f"{Path(checkpoint).name} is from a different run (other settings or data): starting afresh.",
-                      stacklevel=3)  # 3: past the out-of-memory wrapper, to the caller
-        state = None
+    state = _resume_state(checkpoint, run_key, config.epochs, existing)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -737,7 +809,7 @@ def fit_linear_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarr
 def finetune_top(frozen: FrozenTrunk, splits: dict[str, ImageSplit], config: TrainConfig, *, n_classes: int,
                  train_views: Sequence[str] = ("identity", "hflip"), eval_views: Sequence[str] = ("identity",),
                  checkpoint: Path | None = None, score: Callable | None = None,
-                 progress: bool = True, precision: str = "auto") -> StrategyResult:
+                 progress: bool = True, precision: str = "auto", existing: str = "backup") -> StrategyResult:
     """Train the stages from ``frozen.cut`` up, and the head, on cached activations of the frozen trunk.
 
     ``precision="auto"`` trains with bfloat16 mixed precision where the hardware computes
@@ -763,7 +835,7 @@ def finetune_top(frozen: FrozenTrunk, splits: dict[str, ImageSplit], config: Tra
     top_config = replace(config, num_workers=0, channels_last=False, amp=config.amp or precision == "bfloat16")
     history = fit(top, tensors(train_x, train_y), tensors(val_x, splits["val"].labels), top_config,
                   frozen.device, head_prefixes=[head], n_classes=n_classes, train_labels=train_y,
-                  checkpoint=checkpoint, score=score, progress=progress)
+                  checkpoint=checkpoint, score=score, progress=progress, existing=existing)
     probs = {split: np.mean([predict_proba(top, tensors(frozen.activations(data, v), data.labels), frozen.device)
                              for v in (("identity",) if split == "train" else eval_views)], axis=0)
              for split, data in splits.items()}
@@ -823,7 +895,7 @@ def finetune_top_ensemble(frozen: FrozenTrunk, splits: dict[str, ImageSplit], co
 def finetune_full(backbone: Backbone, splits: dict[str, ImageSplit], train_transform: Callable,
                   eval_transform: Callable, device: torch.device, config: TrainConfig, *,
                   checkpoint: Path | None = None, score: Callable | None = None, progress: bool = True,
-                  n_classes: int) -> StrategyResult:
+                  n_classes: int, existing: str = "backup") -> StrategyResult:
     """Fine-tune the whole network end to end on augmented images.
 
     The head (and GoogLeNet's auxiliary heads) learn at ``lr_head``, the pretrained
@@ -838,7 +910,7 @@ def finetune_full(backbone: Backbone, splits: dict[str, ImageSplit], train_trans
     train = ImageDataset(splits["train"], train_transform)
     history = fit(model, train, ImageDataset(splits["val"], eval_transform), config, device, head_prefixes=heads,
                   n_classes=n_classes, train_labels=splits["train"].labels, checkpoint=checkpoint, score=score,
-                  progress=progress)
+                  progress=progress, existing=existing)
     probs = {split: predict_proba(model, ImageDataset(splits[split], eval_transform), device,
                                   batch_size=max(128, config.batch_size), num_workers=config.num_workers,
                                   amp=config.amp, channels_last=config.channels_last)
