@@ -193,8 +193,8 @@ def image_sizes(page) -> list[tuple[int, int]]:
 
 def screenshot(page, name: str, target) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    target.scroll_into_view_if_needed()
-    page.wait_for_timeout(300)  # let the scrolled notebook repaint
+    target.evaluate("e => e.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(500)  # let the scrolled notebook repaint
     page.screenshot(path=str(SCREENSHOTS / name))
 
 
@@ -218,7 +218,7 @@ def test_00_runs_all_cells_in_jupyterlab(lab, page):
     last = page.locator(".jp-CodeCell").last
     assert "cat class in the top 5: ['" in last.inner_text()  # the pretrained network found the cat
     cells = page.locator(".jp-CodeCell")
-    screenshot(page, "00_setup.png", cells.nth(cells.count() - 2).locator("img"))
+    screenshot(page, "00_setup.png", cells.nth(cells.count() - 2))  # the cat, classified
     lab.shutdown_kernels()
 
 
@@ -235,7 +235,7 @@ def test_06_shows_its_committed_figures_and_tables(lab, page):
     assert rendered.count() == tables
     assert rendered.first.locator("td").count() > 0
     assert page_errors(page) == [] and dead_widgets(page) == []
-    screenshot(page, "06_results.png", page.locator(IMAGES).first)
+    screenshot(page, "06_results.png", page.locator(".jp-CodeCell", has=page.locator(IMAGES)).first)
     lab.shutdown_kernels()
 
 
