@@ -81,3 +81,21 @@ def test_batch_kernel_stores_text_and_a_server_kernel_draws_a_widget(tmp_path):
     # What jupyter_server adds to the environment of every kernel it starts for JupyterLab
     served = _kernel_outputs(tmp_path, {"JPY_SESSION_NAME": str(tmp_path / "x.ipynb")})
     assert [o for o in served if WIDGET in o.get("data", {})]
+
+
+def test_runner_kernels_draw_text(tmp_path, monkeypatch):
+    """`python -m tutorial_lib run` (make demo) executes notebooks with TUTORIAL_LIB_PROGRESS=text."""
+    import tutorial_lib.runner as tlrun
+
+    monkeypatch.delenv("TUTORIAL_LIB_PROGRESS", raising=False)
+    params = new_code_cell("RESULTS_PATH = ''")
+    params.metadata["tags"] = ["parameters"]
+    code = ("import os\nfrom tutorial_lib.progress import progress_mode\n"
+            "print('mode:', os.environ.get('TUTORIAL_LIB_PROGRESS'), progress_mode())")
+    nb = new_notebook(cells=[params, new_code_cell(code)],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, tmp_path / "00_env.ipynb")
+    tlrun.run_notebooks([tmp_path / "00_env.ipynb"], output_dir=tmp_path / "out", results=tmp_path / "results.json",
+                        echo=lambda *_: None)
+    executed = nbformat.read(tmp_path / "out" / "00_env.ipynb", as_version=4)
+    assert "mode: text text" in "".join(o.get("text", "") for o in executed.cells[-1].outputs)
