@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -99,3 +100,20 @@ def test_runner_kernels_draw_text(tmp_path, monkeypatch):
                         echo=lambda *_: None)
     executed = nbformat.read(tmp_path / "out" / "00_env.ipynb", as_version=4)
     assert "mode: text text" in "".join(o.get("text", "") for o in executed.cells[-1].outputs)
+
+
+def test_strip_widget_outputs_keeps_everything_else(tmp_path):
+    import runpy
+
+    strip = runpy.run_path(str(Path(__file__).parents[1] / "tools" / "strip_widget_outputs.py"))["strip_widgets"]
+    cell = new_code_cell("train()")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={WIDGET: {"model_id": "x"}, "text/plain": "0%|"}),
+                    nbformat.v4.new_output("stream", name="stdout", text="epoch 1\n"),
+                    nbformat.v4.new_output("display_data", data={"image/png": "iVBORw0KGgo="})]
+    nb = new_notebook(cells=[cell], metadata={"widgets": {"application/vnd.jupyter.widget-state+json": {}}})
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    assert strip(tmp_path / "nb.ipynb") == 1
+    stripped = nbformat.read(tmp_path / "nb.ipynb", as_version=4)
+    assert [o.output_type for o in stripped.cells[0].outputs] == ["stream", "display_data"]
+    assert "widgets" not in stripped.metadata
+    assert strip(tmp_path / "nb.ipynb") == 0
