@@ -356,7 +356,7 @@ def time_to_accuracy_recipe(splits: dict, n_classes: int, device: torch.device, 
     """
     from torch.utils.data import DataLoader
     from torchvision import transforms
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     from .data import ImageDataset
     from .env import make_generator, seed_everything

@@ -660,7 +660,7 @@ def _drop_unreadable(files: list[Path], labels: list[str], skipped: list[tuple[P
     """Keep the files that decode; add the others to ``skipped``."""
     if not check_images:
         return files, labels
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     keep = []
     for i, path in enumerate(tqdm(files, desc="checking images", disable=len(files) < 500, leave=False)):

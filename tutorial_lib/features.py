@@ -242,7 +242,7 @@ class ImageFeatures(TransformerMixin, BaseEstimator):
     ``cache_dir``, ``chunk_size`` or ``progress``)
     and the library versions: the same request is read back, any change recomputes.
     ``transform`` accepts a :class:`~tutorial_lib.data.ImageSplit`, a ``(N, H, W, C)`` array
-    or a list of PIL images or paths. ``progress`` shows a ``tqdm.auto`` bar while extracting.
+    or a list of PIL images or paths. ``progress`` shows a progress bar (``tutorial_lib.progress``) while extracting.
     """
 
     def __init__(self, descriptors: Sequence[tuple[str, ImageDescriptor]], preprocess: Any = None,
@@ -315,7 +315,7 @@ class ImageFeatures(TransformerMixin, BaseEstimator):
 
     def _extract(self, items: Sequence[ImageLike]) -> np.ndarray:
         from joblib import Parallel, delayed
-        from tqdm.auto import tqdm
+        from .progress import tqdm
 
         if len(items) == 0:
             raise ValueError("No images to describe.")

@@ -190,7 +190,7 @@ def prepare(data: ClassificationData, out: str | Path | None = None, *, size: in
     """
     from concurrent.futures import ProcessPoolExecutor
 
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     crop = crop or default_crop(data)
     if crop not in ("disc", "pad"):

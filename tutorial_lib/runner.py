@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -187,6 +188,7 @@ def _worker(notebook: str, output: str, parameters_json: str, cwd: str) -> int:
     from papermill.exceptions import PapermillExecutionError
 
     parameters = json.loads(parameters_json)
+    os.environ.setdefault("TUTORIAL_LIB_PROGRESS", "text")  # the kernel's progress bars: text, never widgets
     try:
         papermill.execute_notebook(notebook, output, parameters=parameters or None, cwd=cwd,
                                    progress_bar=False, log_output=False, kernel_name="python3")

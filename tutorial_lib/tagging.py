@@ -515,7 +515,7 @@ def fit_tagger(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tupl
     tag accuracy), ``val_accuracy``, ``seconds``. With ``checkpoint``, the state is saved
     after each epoch and a run with the same data and settings resumes from it.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     seed_everything(config.seed)
     precision = resolve_precision(config.precision, device)

@@ -273,7 +273,7 @@ def compute_activations(module: nn.Module, split: ImageSplit, transform: Callabl
     ``precision="bfloat16"`` runs the module under autocast (matrix products in bfloat16, results
     returned as ``dtype``); ``"float32"`` runs it as it is.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     module = module.to(device).eval()
     loader = DataLoader(ImageDataset(split, transform), batch_size=batch_size, shuffle=False,
@@ -637,7 +637,7 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset, config: TrainC
     splits each step into micro-batches; ``batch_size`` stays the images per optimizer
     step, so the result matches a single-process run (see :mod:`tutorial_lib.distributed`).
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     from . import distributed
 
@@ -858,7 +858,7 @@ def finetune_top_ensemble(frozen: FrozenTrunk, splits: dict[str, ImageSplit], co
     shows its epochs and the others one bar. Afterwards the backbone holds the weights of
     ``members[0]``. Give the trunk a ``cache_dir``, or every member recomputes the activations.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     seeds = list(seeds)
     if not seeds:
