@@ -34,9 +34,10 @@ def test_method_comparison_draws_the_talk_apart_and_keeps_the_legend_off_the_bar
     ours, talk = mcolors.to_hex(tlplot.OURS_COLOUR), mcolors.to_hex(tlplot.TALK_COLOUR)
     assert sorted(colours.values()) == sorted([ours, ours, talk])
     renderer = _renderer(fig)
-    legend = ax.get_legend().get_window_extent(renderer)
-    assert legend.y1 < ax.get_window_extent(renderer).y0  # below the axes, over no bar
-    assert "the talk (its own data)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    legend = fig.legends[0]
+    below = ax.get_window_extent(renderer).y0 - ax.xaxis.label.get_window_extent(renderer).height
+    assert legend.get_window_extent(renderer).y1 < below  # below the axes and their label, over no bar
+    assert "the talk (its own data)" in [t.get_text() for t in legend.get_texts()]
     matplotlib.pyplot.close(fig)
 
 

@@ -193,7 +193,7 @@ def method_comparison(table: pd.DataFrame, metric: str, *, title: str, reference
     """
     from matplotlib.patches import Patch
 
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.4 + (0.35 if reference else 0)))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.4))
     values = table[metric]
     talk = values.index.astype(str).str.startswith("talk")
     bars = ax.barh(values.index[::-1], values.values[::-1], color=np.where(talk, TALK_COLOUR, OURS_COLOUR)[::-1])
@@ -207,13 +207,16 @@ def method_comparison(table: pd.DataFrame, metric: str, *, title: str, reference
         handles.append(Patch(facecolor=TALK_COLOUR, hatch="//", label="the talk (its own data)"))
     for i, (label, value) in enumerate((reference or {}).items()):
         handles.append(ax.axvline(value, color=f"C{i + 2}", linestyle="--", label=label))
-    if talk.any() or reference:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.18 - 0.6 / (len(table) + 2)),
-                  ncol=2, fontsize=8, frameon=False)
     ax.set_xlim(0, 1.05)
     ax.set_xlabel(metric)
     ax.set_title(title)
-    fig.tight_layout()
+    if not (talk.any() or reference):
+        fig.tight_layout()
+        return fig
+    legend_inches = 0.2 * int(np.ceil(len(handles) / 2)) + 0.1  # a strip under the axes, two entries a row
+    fig.set_figheight(fig.get_figheight() + legend_inches)
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     return fig
 
 
