@@ -72,7 +72,7 @@ def class_counts(counts: pd.DataFrame, *, title: str = "Images per class") -> pl
     ax.set_xlabel("images")
     ax.set_ylabel("")
     ax.set_title(title)
-    ax.legend(title="split", loc="lower right")
+    ax.legend(title="split", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     return fig
 
