@@ -28,6 +28,12 @@ def _guarded_getaddrinfo(host, *args, **kwargs):
     raise RuntimeError(f"test tried to resolve a network host: {host}")
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Tests marked ``after_notebooks`` run last, after nbval has executed the notebooks (``make test`` collects
+    ``tests`` before ``notebooks``), so they check the results those runs just recorded."""
+    items.sort(key=lambda item: item.get_closest_marker("after_notebooks") is not None)  # stable: order kept
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)

@@ -28,3 +28,15 @@ def test_classification_metrics():
 def test_confusion_keeps_unseen_classes():
     matrix = tlmet.confusion([0, 1], [0, 0], n_classes=3)
     assert matrix.shape == (3, 3) and matrix[1, 0] == 1 and matrix.sum() == 2
+
+
+def test_majority_baseline_answers_the_commonest_training_class():
+    y_train = [0, 0, 0, 1, 2]
+    y_true = [0, 1, 2, 0]
+    scores = tlmet.majority_baseline(y_train, y_true, ordinal=True)
+    assert scores["accuracy"] == 0.5  # two of the four test labels are class 0
+    assert scores["balanced_accuracy"] == pytest.approx(1 / 3)
+    assert scores["qwk"] == 0.0  # a constant answer agrees no better than chance
+    assert tlmet.majority_baseline([2, 2, 1], [1, 2])["accuracy"] == 0.5  # class 2 is the majority, not class 0
+    with pytest.raises(ValueError, match="y_train is empty"):
+        tlmet.majority_baseline([], [0])

@@ -1,7 +1,7 @@
 """Every committed notebook runs under papermill with injected parameters.
 
 `make test` also runs nbval, which re-executes each committed notebook as it is (its default
-profile) and compares the cells marked NBVAL_CHECK_OUTPUT with the committed outputs. Running
+profile) and compares the cells tagged nbval-check-output with the committed outputs. Running
 every notebook twice in its default profile would double the suite's time, so the papermill
 runs here use the `quick` profile: they check that parameters are injected, honoured and
 recorded, and that every code path runs.

@@ -4,6 +4,7 @@ Nothing here changes global matplotlib state: styles are applied per figure.
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -13,12 +14,30 @@ import pandas as pd
 from PIL import Image
 
 
+# Colours: our results in blue; the talk's figures (other data) in orange and hatched, so they never pass for ours.
+OURS_COLOUR, TALK_COLOUR = "tab:blue", "tab:orange"
+
+
+def _title_height(titles: Sequence[str] | None, fontsize: float = 8) -> float:
+    """Inches a row of axis titles needs above its images (the tallest title's lines)."""
+    if not titles:
+        return 0.0
+    return 0.18 * fontsize / 8 * max(str(t).count("\n") + 1 for t in titles)
+
+
+def _wrapped(title: str, fig: plt.Figure, fontsize: float = 12) -> str:
+    """``title`` wrapped to the figure's width, so a long title is not cut off at the edges."""
+    chars = max(20, int(fig.get_figwidth() * 130 / fontsize))
+    return "\n".join(textwrap.fill(line, chars) for line in title.split("\n"))
+
+
 def image_grid(images: Sequence[Image.Image | np.ndarray], titles: Sequence[str] | None = None, *,
                ncols: int = 8, size: float = 1.6, suptitle: str | None = None) -> plt.Figure:
-    """Show images in a grid with optional titles under each."""
+    """Show images in a grid with optional titles above each (room is left for every line of them)."""
     n = len(images)
     nrows = max(1, int(np.ceil(n / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.4 if suptitle else 0)),
+    row_height = size + _title_height(titles)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, row_height * nrows + (0.4 if suptitle else 0)),
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -27,7 +46,7 @@ def image_grid(images: Sequence[Image.Image | np.ndarray], titles: Sequence[str]
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
     if suptitle:
-        fig.suptitle(suptitle)
+        fig.suptitle(_wrapped(suptitle, fig))
     fig.tight_layout()
     return fig
 
@@ -53,7 +72,7 @@ def class_counts(counts: pd.DataFrame, *, title: str = "Images per class") -> pl
     ax.set_xlabel("images")
     ax.set_ylabel("")
     ax.set_title(title)
-    ax.legend(title="split", loc="lower right")
+    ax.legend(title="split", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     return fig
 
@@ -87,7 +106,11 @@ def save_figure(fig: plt.Figure, name: str, folder: str | Path) -> Path:
 
 def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, title: str, normalize: bool = True,
                      ax: plt.Axes | None = None) -> plt.Figure:
-    """Heat map of a confusion matrix (rows true, columns predicted), row-normalised by default."""
+    """Heat map of a confusion matrix (rows true, columns predicted), row-normalised by default.
+
+    The numbers in the cells are image counts; the colour is the share of each true class's images (its row),
+    and the colour bar says so.
+    """
     import seaborn as sns
 
     matrix = np.asarray(matrix, dtype=float)
@@ -97,11 +120,13 @@ def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, title: str, 
         fig, ax = plt.subplots(figsize=(size + 1, size))
     else:
         fig = ax.figure
+    colour_label = "share of the true class's images (row)" if normalize else "images"
     sns.heatmap(shown, annot=matrix.astype(int), fmt="d", cmap="Blues", vmin=0, vmax=1 if normalize else None,
-                xticklabels=classes, yticklabels=classes, cbar=normalize, ax=ax, annot_kws={"fontsize": 8})
-    ax.set_xlabel("predicted")
+                xticklabels=classes, yticklabels=classes, ax=ax, annot_kws={"fontsize": 8},
+                cbar_kws={"label": colour_label})
+    ax.set_xlabel("predicted (cell numbers: images)")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(_wrapped(title, fig, fontsize=11), fontsize=11)
     fig.tight_layout()
     return fig
 
@@ -115,11 +140,15 @@ def training_curves(history: pd.DataFrame, *, title: str) -> plt.Figure:
     ax_loss.set_title("training loss")
     ax_acc.plot(history["epoch"], history["train_accuracy"], marker=".", label="train")
     ax_acc.plot(history["epoch"], history["val_accuracy"], marker=".", label="validation")
+    score = history["val_score"] if "val_score" in history else None
+    picks_on_score = score is not None and not np.allclose(score, history["val_accuracy"], equal_nan=True)
+    if picks_on_score:  # e.g. kappa: the epoch kept is the one with the best validation score, not accuracy
+        ax_acc.plot(history["epoch"], score, marker=".", linestyle="--", label="validation score (picks the epoch)")
     ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy")
-    ax_acc.set_title("accuracy")
-    ax_acc.legend()
-    fig.suptitle(title)
+    ax_acc.set_ylabel("accuracy / score" if picks_on_score else "accuracy")
+    ax_acc.set_title("accuracy and validation score" if picks_on_score else "accuracy")
+    ax_acc.legend(fontsize=8)
+    fig.suptitle(_wrapped(title, fig))
     fig.tight_layout()
     return fig
 
@@ -141,7 +170,8 @@ def heatmap_overlays(images: Sequence[Image.Image], heatmaps: Sequence[np.ndarra
                      suptitle: str, ncols: int = 4) -> plt.Figure:
     """Images with a heat map (e.g. Grad-CAM, values in [0, 1]) laid over them."""
     nrows = max(1, int(np.ceil(len(images) / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, 2.5 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.3 * ncols, (2.3 + _title_height(titles)) * nrows + 0.4),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, cam, title in zip(axes.flat, images, heatmaps, titles):
@@ -149,27 +179,44 @@ def heatmap_overlays(images: Sequence[Image.Image], heatmaps: Sequence[np.ndarra
         ax.imshow(np.asarray(Image.fromarray(np.uint8(cam * 255)).resize(img.size, Image.BILINEAR)) / 255.0,
                   cmap="jet", alpha=0.45, vmin=0, vmax=1)
         ax.set_title(title, fontsize=8)
-    fig.suptitle(suptitle)
+    fig.suptitle(_wrapped(suptitle, fig))
     fig.tight_layout()
     return fig
 
 
 def method_comparison(table: pd.DataFrame, metric: str, *, title: str, reference: dict[str, float] | None = None
                       ) -> plt.Figure:
-    """Bars of one metric per method (rows of ``table``), with optional reference lines (e.g. the talk's)."""
+    """Bars of one metric per method (rows of ``table``), with optional reference lines (e.g. the talk's).
+
+    Rows whose name starts with "talk" are the talk's figures on its own data: drawn in another colour,
+    hatched, and named in the legend as other data. The legend sits below the axes, never over a bar.
+    """
+    from matplotlib.patches import Patch
+
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(table) + 1.4))
     values = table[metric]
-    ax.barh(values.index[::-1], values.values[::-1], color="tab:blue")
+    talk = values.index.astype(str).str.startswith("talk")
+    bars = ax.barh(values.index[::-1], values.values[::-1], color=np.where(talk, TALK_COLOUR, OURS_COLOUR)[::-1])
+    for bar, is_talk in zip(bars, talk[::-1]):
+        if is_talk:
+            bar.set_hatch("//")
     for y, v in enumerate(values.values[::-1]):
         ax.text(v + 0.005, y, f"{v:.3f}", va="center", fontsize=8)
+    handles = [Patch(color=OURS_COLOUR, label="ours (this data)")]
+    if talk.any():
+        handles.append(Patch(facecolor=TALK_COLOUR, hatch="//", label="the talk (its own data)"))
     for i, (label, value) in enumerate((reference or {}).items()):
-        ax.axvline(value, color=f"C{i + 1}", linestyle="--", label=label)
-    if reference:
-        ax.legend(loc="lower right", fontsize=8)
+        handles.append(ax.axvline(value, color=f"C{i + 2}", linestyle="--", label=label))
     ax.set_xlim(0, 1.05)
     ax.set_xlabel(metric)
     ax.set_title(title)
-    fig.tight_layout()
+    if not (talk.any() or reference):
+        fig.tight_layout()
+        return fig
+    legend_inches = 0.2 * int(np.ceil(len(handles) / 2)) + 0.1  # a strip under the axes, two entries a row
+    fig.set_figheight(fig.get_figheight() + legend_inches)
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
     return fig
 
 
@@ -317,15 +364,18 @@ def grouped_bars(table: pd.DataFrame, *, title: str, ylabel: str) -> plt.Figure:
     return fig
 
 
-def runtime_bars(runtime: pd.DataFrame, *, budget_s: float, budget_mb: float) -> plt.Figure:
-    """Wall seconds and peak memory per notebook (``runtime`` columns ``seconds``, ``peak_rss_mb``) with budgets."""
+def runtime_bars(runtime: pd.DataFrame, *, budget_s: float | None = None, budget_mb: float | None = None
+                 ) -> plt.Figure:
+    """Wall seconds and peak memory per notebook (``runtime`` columns ``seconds``, ``peak_rss_mb``), with optional
+    limit lines (``budget_s``, ``budget_mb``; None draws none)."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.4 * len(runtime) + 1.6), sharey=True)
     for ax, column, budget, label in ((axes[0], "seconds", budget_s, "wall time (s)"),
                                       (axes[1], "peak_rss_mb", budget_mb, "peak memory (MB)")):
-        ax.barh(runtime.index[::-1], runtime[column].values[::-1], color="tab:blue")
-        ax.axvline(budget, color="tab:red", linestyle="--", label=f"budget {budget:g}")
+        ax.barh(runtime.index[::-1], runtime[column].values[::-1], color=OURS_COLOUR)
         ax.set_xlabel(label)
-        ax.legend(fontsize=8, loc="lower right")
+        if budget is not None:
+            ax.axvline(budget, color="tab:red", linestyle="--", label=f"limit {budget:g}")
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25), frameon=False)
     fig.suptitle("What each notebook cost")
     fig.tight_layout()
     return fig

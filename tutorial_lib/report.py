@@ -22,7 +22,7 @@ import numpy as np
 from .files import atomic_write_text  # noqa: F401  (re-exported: notebooks and jobs import it from here)
 
 TASKS = ("dr", "clothing", "tagging")
-METHODS = ("svm", "linear_probe", "finetune_top", "finetune_top_ensemble", "finetune_full", "independent_heads", "cnn_lstm")
+METHODS = ("majority_class", "svm", "linear_probe", "finetune_top", "finetune_top_ensemble", "finetune_full", "independent_heads", "cnn_lstm")
 METRICS = ("accuracy", "balanced_accuracy", "qwk", "macro_f1", "micro_f1", "exact_match", "field_accuracy")
 DEFAULT_RESULTS_PATH = Path("outputs") / "results.json"
 
