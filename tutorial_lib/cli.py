@@ -217,7 +217,7 @@ def _add_model_commands(sub: argparse._SubParsersAction) -> None:
     pred.add_argument("model", help="the saved model's folder (e.g. outputs/models/clothing)")
     pred.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
     pred.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
-    pred.add_argument("--batch-size", type=int, default=32)
+    pred.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     pred.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     pred.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM heat map PNG per image into DIR")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -84,7 +84,7 @@ def _gradcam_png(model: ExportedModel, x: torch.Tensor, target: int, out: Path) 
 
 
 def predict_table(model_or_path: ExportedModel | str | Path, images: str | Path | Sequence[str | Path], *,
-                  batch_size: int = 32, device: str | torch.device = "auto", gradcam_dir: str | Path | None = None,
+                  batch_size: int = 16, device: str | torch.device = "auto", gradcam_dir: str | Path | None = None,
                   progress: bool = True) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """:func:`predict` without the warning: returns the table and the skipped ``(path, reason)`` pairs."""
     from tqdm.auto import tqdm
@@ -98,6 +98,7 @@ def predict_table(model_or_path: ExportedModel | str | Path, images: str | Path 
     paths, skipped = find_images(images)
     if gradcam_dir is not None:
         Path(gradcam_dir).mkdir(parents=True, exist_ok=True)
+    network = model.inference_network()
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=not progress)
     for start in range(0, len(paths), batch_size):
@@ -108,7 +109,7 @@ def predict_table(model_or_path: ExportedModel | str | Path, images: str | Path 
         bar.update(len(paths[start:start + batch_size]))
         if batch:
             x = torch.stack([x for _, x in batch])  # (batch, 3, H, W)
-            rows += _rows(model, [p for p, _ in batch], x, gradcam_dir, start)
+            rows += _rows(model, network, [p for p, _ in batch], x, gradcam_dir, start)
     bar.close()
     return pd.DataFrame(rows, columns=_columns(model, gradcam_dir is not None)), skipped
 
@@ -118,11 +119,11 @@ def _columns(model: ExportedModel, gradcam: bool) -> list[str]:
             *(["expected_grade"] if model.ordinal else []), *(["gradcam"] if gradcam else [])]
 
 
-def _rows(model: ExportedModel, paths: list[Path], x: torch.Tensor, gradcam_dir: str | Path | None,
-          start: int) -> list[dict[str, Any]]:
+def _rows(model: ExportedModel, network: torch.nn.Module, paths: list[Path], x: torch.Tensor,
+          gradcam_dir: str | Path | None, start: int) -> list[dict[str, Any]]:
     from .train import expected_grade
 
-    probs = model.predict_proba(x)  # (batch, n_classes)
+    probs = model.predict_proba(x, network)  # (batch, n_classes)
     decided = model.decide(probs)
     rows = []
     for i, (path, p, k) in enumerate(zip(paths, probs, decided)):
@@ -139,7 +140,7 @@ def _rows(model: ExportedModel, paths: list[Path], x: torch.Tensor, gradcam_dir:
 
 
 def predict(model_or_path: ExportedModel | str | Path, images: str | Path | Sequence[str | Path], *,
-            batch_size: int = 32, device: str | torch.device = "auto", out: str | Path | None = None,
+            batch_size: int = 16, device: str | torch.device = "auto", out: str | Path | None = None,
             gradcam_dir: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
     """Predict every image in ``images`` with a saved model (a folder from ``tl.export.save_model``, or loaded).
 
