@@ -40,21 +40,22 @@ def _train(data, size: int, n_train: int, n_test: int, stages: int):
     result = tl.train.finetune_top(frozen, splits, tl.train.TrainConfig(epochs=2, batch_size=8, seed=0),
                                    n_classes=len(data.classes), train_views=("identity",), progress=False,
                                    precision="float32")
-    return backbone, pre, splits, result
+    return backbone, pre, tf, splits, result
 
 
 @pytest.fixture(scope="module")
 def clothing_model(tmp_path_factory, clothing):
-    backbone, pre, splits, result = _train(clothing, 64, 24, 12, 2)
+    backbone, _, eval_tf, splits, result = _train(clothing, 64, 24, 12, 2)
+    # the notebook's evaluation transform as it is: the resize-and-pad step is kept, the backbone's part recognised
     folder = save_model(backbone, tmp_path_factory.mktemp("models") / "clothing", classes=clothing.classes,
-                        image_size=64, preprocess=pre, task="clothing")
+                        image_size=64, preprocess=eval_tf, task="clothing")
     return {"folder": folder, "backbone": backbone, "splits": splits, "result": result, "classes": clothing.classes}
 
 
 @pytest.fixture(scope="module")
 def dr_model(tmp_path_factory):
     data = tl.data.load_dataset("retinamnist")
-    backbone, pre, splits, result = _train(data, 32, 16, 10, 1)
+    backbone, pre, _, splits, result = _train(data, 32, 16, 10, 1)
     # cut points inside the range of this tiny model's expected grades (the notebook fits them with
     # tl.train.ordinal_predictions on the validation split), so that the rule decides something here
     thresholds = np.quantile(tl.train.expected_grade(result.probs["val"]), [0.2, 0.4, 0.6, 0.8])
@@ -91,6 +92,7 @@ def test_reloaded_model_predicts_what_finetune_top_gave(clothing_model, tmp_path
     paths = [str(p) for p in m["splits"]["test"].images]
     table = tl.predict(m["folder"], paths, device="cpu", progress=False)
     assert list(table.columns) == ["path", "prediction", *[f"p_{c}" for c in m["classes"]]]
+    assert [s["name"] for s in load_model(m["folder"]).meta["preprocessing"]["steps"]] == ["ToRGB", "ResizePad"]
     assert table["path"].tolist() == paths
     probs = _probs(table, m["classes"])
     np.testing.assert_allclose(probs, m["result"].probs["test"], atol=2e-3)
@@ -238,6 +240,9 @@ def test_missing_class_list_is_refused(clothing_model, tmp_path, classes):
 def test_save_refuses_a_class_list_that_does_not_fit(clothing_model, tmp_path):
     with pytest.raises(ValueError, match="classes has 3 names but the network's head has 10"):
         save_model(clothing_model["backbone"], tmp_path / "m", classes=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"cannot save RandomHorizontalFlip.*Leave out random augmentation"):
+        save_model(clothing_model["backbone"], tmp_path / "m", classes=clothing_model["classes"], image_size=64,
+                   preprocess=transforms.Compose([transforms.RandomHorizontalFlip(), tl.preprocess.ResizePad(64)]))
     with pytest.raises(ValueError, match="needs 9 increasing cut points"):
         save_model(clothing_model["backbone"], tmp_path / "m", classes=clothing_model["classes"],
                    decision="thresholds", thresholds=[0.5, 1.5])

@@ -55,8 +55,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _steps_to_json(steps: Any) -> list[dict[str, Any]]:
-    """``tl.preprocess`` transforms (a ``Compose``, a list, or one) as ``[{"name", "params"}]``."""
+def _steps_to_json(steps: Any, backbone_transform: str = "") -> list[dict[str, Any]]:
+    """``tl.preprocess`` transforms (a ``Compose``, a list, or one) as ``[{"name", "params"}]``.
+
+    A step whose ``repr`` is ``backbone_transform`` (the backbone's own resize/normalise, which the
+    model file stores separately) is left out, so a notebook's ``eval_tf`` can be passed as it is.
+    """
     if steps is None:
         return []
     if isinstance(steps, preprocess.Compose):
@@ -65,14 +69,17 @@ def _steps_to_json(steps: Any) -> list[dict[str, Any]]:
         steps = [steps]
     out = []
     for step in steps:
-        if isinstance(step, preprocess.Compose):
-            out += _steps_to_json(step)
+        if backbone_transform and repr(step) == backbone_transform:
+            continue
+        if isinstance(step, preprocess.Compose) or isinstance(getattr(step, "transforms", None), list):
+            out += _steps_to_json(step if isinstance(step, preprocess.Compose) else step.transforms, backbone_transform)
         elif type(step).__name__ in _STEPS and is_dataclass(step):
             out.append({"name": type(step).__name__, "params": asdict(step)})
         else:
-            raise ValueError(f"preprocess: cannot save {step!r}; a model file holds only the deterministic "
-                             f"transforms of tutorial_lib.preprocess ({', '.join(_STEPS)}). Leave out random "
-                             "augmentation, and the backbone's own resize/normalisation (saved from image_size).")
+            raise ValueError(f"preprocess: cannot save {step!r}; a model file holds the deterministic transforms "
+                             f"of tutorial_lib.preprocess ({', '.join(_STEPS)}) and the backbone's own transform at "
+                             "image_size px (tl.models.make_transform(backbone, input_size=(3, size, size)): pass "
+                             "image_size=size if it differs). Leave out random augmentation.")
     return out
 
 
@@ -144,7 +151,8 @@ def save_model(model: Any, path: str | Path, *, classes: Sequence[str], image_si
 
     ``model`` is the :class:`Backbone` (or its :class:`FrozenTrunk`). ``preprocess`` holds the
     ``tl.preprocess`` steps applied to a photo before the backbone's own resize and
-    normalisation at ``image_size`` px (default: the backbone's). ``decision="thresholds"``
+    normalisation at ``image_size`` px (default: the backbone's); the notebook's evaluation
+    transform (those steps followed by the backbone's transform) may be passed as it is. ``decision="thresholds"``
     (DR grades) cuts the expected grade at ``thresholds``. Returns the folder.
     """
     from safetensors.torch import save_file
@@ -155,12 +163,15 @@ def save_model(model: Any, path: str | Path, *, classes: Sequence[str], image_si
     if len(classes) != info["num_classes"]:
         raise ValueError(f"classes has {len(classes)} names but the network's head has {info['num_classes']} "
                          "outputs: pass data.classes of the dataset it was trained on.")
+    from .models import make_transform
+
     size = int(image_size or backbone.data_config["input_size"][-1])
+    own = repr(make_transform(backbone, input_size=(3, size, size)))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__, "task": task,
             **info, "classes": classes, "ordinal": decision == "thresholds" or task == "dr",
             "decision": decision, "thresholds": _check_decision(decision, thresholds, len(classes)),
             "image_size": size,
-            "preprocessing": {"steps": _steps_to_json(preprocess),
+            "preprocessing": {"steps": _steps_to_json(preprocess, own),
                               "backbone_transform": _jsonable({**backbone.data_config, "input_size": (3, size, size)})},
             "weights_file": WEIGHTS_FILE, "metadata": _jsonable(metadata or {})}
     folder = Path(path)
