@@ -192,8 +192,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if table.empty:
         print(f"error: none of the {len(skipped)} input(s) could be predicted (reasons above).", file=sys.stderr)
         return 1
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
+    try:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False)
+    except OSError as err:
+        print(f"error: cannot write {args.out} ({err.strerror or err}); choose another --out.", file=sys.stderr)
+        return 1
     print(f"{len(table)} image(s) predicted, {len(skipped)} skipped: {args.out}"
           + (f"; heat maps in {args.gradcam}/" if args.gradcam else ""))
     return 0

@@ -64,7 +64,7 @@ def _load(path: Path, model: ExportedModel) -> tuple[torch.Tensor | None, str]:
     try:
         image = open_image(path)
     except DataError as err:
-        return None, str(err).removeprefix(f"{path} ")
+        return None, str(err).removeprefix(f"{path} ").removeprefix("is ")  # the path is printed beside it
     if min(image.size) < MIN_SIDE:
         return None, (f"too small to classify ({image.width}x{image.height} px; at least {MIN_SIDE} px a side, "
                       f"the model was trained at {model.meta['image_size']} px)")
