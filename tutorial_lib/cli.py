@@ -184,7 +184,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     try:
         table, skipped = predict_table(args.model, args.images, batch_size=args.batch_size, device=args.device,
                                        gradcam_dir=args.gradcam, progress=not args.quiet)
-    except (ModelFileError, PredictError, ValueError) as err:
+    except (ModelFileError, PredictError, ValueError, OSError) as err:  # OSError: e.g. an unwritable --gradcam
         print(f"error: {err}", file=sys.stderr)
         return 1
     for path, why in skipped:
@@ -208,7 +208,7 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
 
     try:
         out = export_onnx(args.model, args.out, opset=args.opset)
-    except (ModelFileError, ValueError, RuntimeError) as err:
+    except (ModelFileError, ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"{out} (dynamic batch; checked against PyTorch with onnxruntime)\n"
