@@ -86,11 +86,14 @@ def test_quick_bench_writes_json_and_markdown(tmp_path):
     fe = data["throughput"]["feature_extraction"]
     assert fe["fraction_of_limit"] == pytest.approx(fe["images_per_s"] * fe["flops_per_image"] / data["matmul_peak_flops"])
     assert fe["flops_per_image"] > 1e6 and data["throughput"]["finetune_step"]["flops_per_image"] > 1e5
+    pred = data["throughput"]["predict"]  # tl.predict on the quick profile's test photos, load included
+    assert pred["images"] == 20 and pred["images_per_s"] == pytest.approx(pred["images"] / pred["seconds"])
     assert data["machine"]["torch"] == torch.__version__ and data["machine"]["usable_cores"] >= 1
     assert data["demo"]["total_seconds"] == pytest.approx(42.5) and data["demo"]["max_peak_rss_mb"] == 2500
     md = out.with_suffix(".md").read_text()
     assert "| Figure | Target | Measured | Met |" in md
     assert "| Largest notebook peak RSS | ≤ 2048 MB | 2,500 MB | no |" in md
+    assert f"| `predict` on 20 photo files, model load included | (none) | {pred['images_per_s']:.1f} img/s" in md
 
 
 def _bench_dict(ratio_lower_bound: bool, ratio: float, demo_total: float | None) -> dict:

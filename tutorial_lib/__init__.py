@@ -1,7 +1,8 @@
 """Helpers for the transfer-learning tutorial notebooks.
 
 Import it once at the top of a notebook: ``import tutorial_lib as tl``, then use
-``tl.data``, ``tl.models``, ``tl.env``, ``tl.report`` and ``tl.plots``. Submodules
+``tl.data``, ``tl.models``, ``tl.env``, ``tl.report`` and ``tl.plots``; ``tl.predict(model, images)``
+applies a model saved with ``tl.export.save_model``. Submodules
 load on first use, so importing the package is cheap and has no side effects.
 """
 from __future__ import annotations
@@ -10,10 +11,12 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["bench", "cli", "data", "distributed", "env", "explain", "features", "jobs", "metrics", "models", "plots", "prepare", "preprocess", "report", "runner", "tagging", "train"]
+__all__ = ["bench", "cli", "data", "distributed", "env", "explain", "export", "features", "inference", "jobs", "metrics", "models", "plots", "prepare", "preprocess", "report", "runner", "tagging", "train"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "predict":  # tl.predict(model, images): a function, from the inference module
+        return importlib.import_module(".inference", __name__).predict
     if name in __all__:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'tutorial_lib' has no attribute {name!r}")

@@ -12,7 +12,8 @@ Three questions, each answered with raw figures and a ratio (see ``benchmarks/RE
 - **Throughput against the hardware.** Images/s of frozen feature extraction and of one
   ``finetune_top`` training step, each divided by the rate this machine's measured
   single-precision matrix-multiply speed allows for the FLOPs that computation needs
-  (counted with :class:`torch.utils.flop_counter.FlopCounterMode`).
+  (counted with :class:`torch.utils.flop_counter.FlopCounterMode`); and images/s of
+  ``tl.predict`` with a saved model on the clothing test photos (files decoded, load included).
 - **The demo.** Wall seconds and peak resident memory of each notebook run by
   ``python -m tutorial_lib run`` and of the whole run.
 
@@ -240,6 +241,33 @@ def throughput(backbone_name: str, profile, device: torch.device, *, n_classes: 
                           "what": f"{backbone.name} from {cut_at(backbone, top_stages)} + head on cached "
                                   "activations: forward, backward, AdamW"},
     }
+
+
+def predict_rate(backbone_name: str, profile, device: torch.device, photos: Sequence[Path], classes: Sequence[str],
+                 *, seed: int = 0) -> dict[str, Any]:
+    """Images/s of ``tl.predict`` on photo files, model load included: what a user of a saved model waits for.
+
+    The model is the backbone with a new head (its weights do not change the cost), saved with
+    notebook 04's preprocessing at the profile's image size; each file is decoded, resized, padded
+    and normalised, as ``python -m tutorial_lib predict`` does.
+    """
+    from .env import seed_everything
+    from .export import save_model
+    from .inference import predict_table
+    from .models import load_backbone
+    from .preprocess import clothing_pipeline, pad_colour
+
+    seed_everything(seed)
+    backbone = load_backbone(backbone_name, num_classes=len(classes))
+    size = profile.image_size
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(backbone, Path(tmp) / "model", classes=classes, image_size=size,
+                   preprocess=clothing_pipeline(size, fill=pad_colour(backbone.data_config)))
+        started = time.perf_counter()
+        table, _ = predict_table(Path(tmp) / "model", list(photos), device=device, progress=False)
+        seconds = time.perf_counter() - started
+    return {"images_per_s": len(table) / seconds, "seconds": seconds, "images": len(table), "image_size": size,
+            "what": f"tl.predict of {backbone.name} on {len(table)} clothing test photos (files), model load included"}
 
 
 # --------------------------------------------------------------------------- time to accuracy
@@ -536,7 +564,10 @@ def run_bench(settings: BenchSettings = BenchSettings(), device: torch.device | 
     echo(f"[bench] {peak / 1e9:.1f} GFLOP/s; throughput of feature extraction and a fine-tuning step ...")
     rates = throughput(backbone_name, profile, device, n_classes=n_classes, peak_flops=peak,
                        peak_flops_bf16=peak_bf16, repeats=settings.repeats, seed=settings.seed)
-    echo(f"[bench] time to accuracy {settings.threshold}: library default path ...")
+    rates["predict"] = predict_rate(backbone_name, profile, device, splits["test"].images, data.classes,
+                                    seed=settings.seed)
+    echo(f"[bench] predict: {rates['predict']['images_per_s']:.1f} img/s; time to accuracy {settings.threshold}: "
+         "library default path ...")
     ours = time_to_accuracy_ours(splits, n_classes, device, backbone_name=backbone_name, profile=profile,
                                  threshold=settings.threshold, seed=settings.seed, progress=progress)
     echo(f"[bench] ours: {ours.seconds} s; tutorial recipe (budget {settings.budget_s:.0f} s) ...")
@@ -596,6 +627,9 @@ def markdown_table(bench: dict[str, Any]) -> str:
         *([("Same, against the bfloat16 matmul-bound rate (stricter)", "(none)",
             f"{fe['fraction_of_bfloat16_limit']:.0%} ({fe['images_per_s']:.1f} of "
             f"{fe['bfloat16_limit_images_per_s']:.1f} img/s)", "—")] if fe.get("fraction_of_bfloat16_limit") else []),
+        *([(f"`predict` on {rates['predict']['images']} photo files, model load included", "(none)",
+            f"{rates['predict']['images_per_s']:.1f} img/s ({rates['predict']['seconds']:.1f} s)", "—")]
+          if rates.get("predict") else []),
         ("Fine-tuning step, fraction of matmul-bound rate", "(none)",
          f"{ft['fraction_of_limit']:.0%} ({ft['images_per_s']:.1f} of {ft['limit_images_per_s']:.1f} img/s)", "—"),
         ("Whole default demo, wall time", "≤ 600 s", _fmt(demo["total_seconds"], 0) + " s"

@@ -1,4 +1,5 @@
-"""Command line: ``python -m tutorial_lib run | bench | train | prepare NAME | download NAME | datasets | fetch NAME | weights``.
+"""Command line: ``python -m tutorial_lib run | bench | train | prepare NAME | download NAME | datasets | fetch NAME | weights``,
+``predict MODEL IMAGES...`` and ``export-onnx MODEL OUT.onnx``.
 
 ``train`` also runs under ``torchrun`` (one process per GPU), e.g.
 ``torchrun --nproc_per_node 4 -m tutorial_lib train --data eyepacs --image-size 512``.
@@ -217,6 +218,62 @@ def _add_scale_out_commands(sub: argparse._SubParsersAction) -> None:
     down.set_defaults(func=_cmd_download)
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .export import ModelFileError
+    from .inference import PredictError, predict_table
+
+    try:
+        table, skipped = predict_table(args.model, args.images, batch_size=args.batch_size, device=args.device,
+                                       gradcam_dir=args.gradcam, progress=not args.quiet)
+    except (ModelFileError, PredictError, ValueError, OSError) as err:  # OSError: e.g. an unwritable --gradcam
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for path, why in skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    if table.empty:
+        print(f"error: none of the {len(skipped)} input(s) could be predicted (reasons above).", file=sys.stderr)
+        return 1
+    try:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False)
+    except OSError as err:
+        print(f"error: cannot write {args.out} ({err.strerror or err}); choose another --out.", file=sys.stderr)
+        return 1
+    print(f"{len(table)} image(s) predicted, {len(skipped)} skipped: {args.out}"
+          + (f"; heat maps in {args.gradcam}/" if args.gradcam else ""))
+    return 0
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .export import ModelFileError, export_onnx
+
+    try:
+        out = export_onnx(args.model, args.out, opset=args.opset)
+    except (ModelFileError, ValueError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{out} (dynamic batch; checked against PyTorch with onnxruntime)\n"
+          f"preprocessing: {out.with_name(out.stem + '.preprocessing.json')}")
+    return 0
+
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    pred = sub.add_parser("predict", help="predict images with a model saved by tl.export.save_model")
+    pred.add_argument("model", help="the saved model's folder (e.g. outputs/models/clothing)")
+    pred.add_argument("images", nargs="+", help="image files, folders (searched recursively) or globs")
+    pred.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
+    pred.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    pred.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    pred.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM heat map PNG per image into DIR")
+    pred.add_argument("--quiet", action="store_true", help="no progress bar")
+    pred.set_defaults(func=_cmd_predict)
+    onnx = sub.add_parser("export-onnx", help="export a saved model to ONNX, its preprocessing documented beside it")
+    onnx.add_argument("model", help="the saved model's folder")
+    onnx.add_argument("out", help="the .onnx file to write")
+    onnx.add_argument("--opset", type=int, default=17)
+    onnx.set_defaults(func=_cmd_export_onnx)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tutorial_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -245,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench.set_defaults(func=_cmd_bench)
 
     _add_scale_out_commands(sub)
+    _add_model_commands(sub)
     sub.add_parser("datasets", help="list the dataset registry").set_defaults(func=_cmd_datasets)
     fetch = sub.add_parser("fetch", help="download a registered dataset into the cache, with checksums")
     fetch.add_argument("name")

@@ -72,3 +72,14 @@ def grad_cam_examples(model: nn.Module, split, transform, predicted: np.ndarray,
         maps.append(cam)
         titles.append(f"{verdict}: {classes[target]}\n(true {classes[split.labels[i]]})")
     return images, maps, titles
+
+
+def overlay_heatmap(image, cam: np.ndarray, alpha: float = 0.45):
+    """``image`` (PIL) with the heat map ``cam`` (values in [0, 1]) blended over it in the jet colour map."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    rgb = image.convert("RGB")
+    heat = Image.fromarray(np.uint8(np.clip(cam, 0, 1) * 255)).resize(rgb.size, Image.BILINEAR)
+    coloured = Image.fromarray(np.uint8(colormaps["jet"](np.asarray(heat) / 255.0)[..., :3] * 255))
+    return Image.blend(rgb, coloured, alpha)
