@@ -57,8 +57,11 @@ def test_text_bars_on_a_terminal(clean_env):
             return True
 
     out = Terminal()
+    from tqdm.std import tqdm as plain
+
     bar = tlp.tqdm(range(3), desc="live", leave=False, file=out)
-    assert bar.mininterval == 0.1  # tqdm's own default: a terminal redraws in place
+    # tqdm's own default (0.1 s, or TQDM_MININTERVAL as tqdm read it at import): a terminal redraws in place
+    assert bar.mininterval == plain(range(0), file=io.StringIO()).mininterval != tlp.TEXT_MININTERVAL_S
     list(bar)
     assert "live:" in out.getvalue()
 
