@@ -367,6 +367,7 @@ def test_resolve_image_size_follows_the_data(tmp_path):
     assert tlm.resolve_image_size("auto", big, backbone, small_size=96) == backbone.data_config["input_size"][-1] == 224
     assert tlm.resolve_image_size(0, big, backbone, small_size=96, profile_size=160) == 160
     assert tlm.resolve_image_size(128, big, backbone, small_size=96) == 128
+    assert tlm.resolve_image_size("128", big, backbone, small_size=96) == 128  # papermill -p IMAGE_SIZE 128
     for bad in ("large", -1, 1.5):
         with pytest.raises(ValueError, match="IMAGE_SIZE must be"):
             tlm.resolve_image_size(bad, big, backbone, small_size=96)

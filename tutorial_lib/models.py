@@ -324,8 +324,11 @@ def resolve_image_size(requested: int | str, split, backbone: Backbone, *, small
     backbone's input get the backbone's own input size (from its pretrained config, e.g. 224);
     smaller images (RetinaMNIST's 28 px, 224 px catalogue photos) are resized to
     ``small_size``, the size chosen for them on the validation split. A positive number is
-    used as it is; ``0`` means ``profile_size`` (``small_size`` if not given).
+    used as it is (also as text, ``"224"``, as ``papermill -p`` passes it); ``0`` means
+    ``profile_size`` (``small_size`` if not given).
     """
+    if isinstance(requested, str) and requested.strip().isdigit():
+        requested = int(requested)
     if isinstance(requested, str) and requested != "auto" or isinstance(requested, bool) or \
             not isinstance(requested, (str, int, np.integer)) or (not isinstance(requested, str) and requested < 0):
         raise ValueError(f"IMAGE_SIZE must be 'auto', 0 (the profile's size) or a positive number of pixels, "
