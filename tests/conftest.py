@@ -91,3 +91,26 @@ def write_fundus_folder(root: Path, n_patients: int = 12, size=(2000, 1300), n_g
             grade = (n + (k if n % 3 == 0 else 0)) % n_grades
             write_fundus_photo(root / str(grade) / f"Patient{n}_{eye}.jpg", size, grade, seed=2 * n + k)
     return root
+
+
+def write_garment_photo(path: Path, size=(1600, 1200), kind: int = 0, seed: int = 0, orientation: int = 1) -> Path:
+    """A synthetic photo of a 'garment': a tall (kind 0), wide (1) or round (2) coloured shape on a light background.
+
+    ``orientation`` is written as the EXIF orientation tag (6: the camera was turned, the pixels are not).
+    """
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(200, 250, 3)))
+    draw = ImageDraw.Draw(image)
+    colour = tuple(int(v) for v in rng.integers(0, 160, 3))
+    cx, cy, s = w / 2, h / 2, 0.4 * min(w, h)
+    box = {0: (cx - 0.4 * s, cy - s, cx + 0.4 * s, cy + s), 1: (cx - s, cy - 0.4 * s, cx + s, cy + 0.4 * s),
+           2: (cx - 0.8 * s, cy - 0.8 * s, cx + 0.8 * s, cy + 0.8 * s)}[kind % 3]
+    (draw.ellipse if kind % 3 == 2 else draw.rectangle)(box, fill=colour)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, quality=85, exif=exif.tobytes())
+    return path
