@@ -404,3 +404,14 @@ def test_csv_group_column_keeps_groups_together(tmp_path, photo_folder):
     assert "grouped by column 'group'" in data.split_note
     limited = data.train.subset([0, 1])  # subsets (quick profiles) keep the groups
     assert list(limited.groups) == list(data.train.groups[:2])
+
+
+def test_group_pattern_warns_when_split_folders_share_a_patient(tmp_path):
+    from conftest import write_fundus_photo
+
+    for split, eye in (("train", "L"), ("test", "R")):
+        for grade in range(2):
+            for n in range(3):
+                write_fundus_photo(tmp_path / split / str(grade) / f"Patient{n + 3 * grade}_{eye}.jpg", (64, 48), grade)
+    with pytest.warns(UserWarning, match=r"6 group\(s\) of GROUP_PATTERN .* in two split folders"):
+        tld.load_dataset(tmp_path, group_pattern=r"Patient(\d+)")

@@ -706,6 +706,14 @@ def load_image_folder(root: str | Path, *, seed: int = 0, val_fraction: float = 
             keep, held = _stratified_split(np.arange(len(train)), train.labels, val_fraction, seed, train.groups)
             splits["train"], splits["val"] = train.subset(keep), train.subset(held)
             note = f"folder train/test; validation: seeded stratified {val_fraction:.0%} of train (seed {seed})"
+        if group_pattern:
+            sides = [set(s.groups) for s in splits.values()]
+            shared = (sides[0] & sides[1]) | (sides[0] & sides[2]) | (sides[1] & sides[2])
+            if shared:
+                warnings.warn(f"{root}: {len(shared)} group(s) of GROUP_PATTERN {group_pattern!r} have images in two "
+                              f"split folders (e.g. {sorted(shared)[0]!r}): the "
+                              "folders' split leaks them. Move them, or drop the split folders to split by group.",
+                              stacklevel=2)
         return ClassificationData(root.name, classes, splits["train"], splits["val"], splits["test"], note)
     files, labels, skipped = _scan_class_folders(root)
     files, labels = _drop_unreadable(files, labels, skipped, check_images)
