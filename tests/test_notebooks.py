@@ -106,8 +106,8 @@ def test_notebook_04_on_large_photos_of_mixed_sizes_and_orientations(tmp_path):
                                 seed=10 * kind + i, orientation=6 if i % 3 == 0 else 1)
     results, text = _run_on_own_photos("04", tmp_path, tmp_path / "photos")
     details = results["clothing"]["details"]
-    assert {d.get("image_size") for d in details.values() if d.get("profile") == "quick"} == {224}
-    assert "-> " in text and " 224 px" in text
+    assert {d["image_size"] for method, d in details.items() if method != "svm"} == {224}
+    assert "-> resized and padded to 224 px" in text
     assert results["clothing"]["n_test"] == 6
 
 
