@@ -354,3 +354,66 @@ def test_image_dataset_feeds_a_dataloader(clothing):
         [transforms.Resize((32, 32)), transforms.ToTensor()]))
     x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=6)))
     assert x.shape == (6, 3, 32, 32) and y.tolist() == clothing.test.labels[:6].tolist()
+
+
+# --------------------------------------------------------------------------- grouped splits (patients)
+
+
+def _groups_by_split(data):
+    return {name: set(split.groups) for name, split in data.splits.items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_group_pattern_keeps_each_patient_on_one_side(tmp_path, seed):
+    from conftest import write_fundus_folder
+
+    root = write_fundus_folder(tmp_path / "fundus", n_patients=30, size=(64, 48))
+    data = tld.load_dataset(root, seed=seed, group_pattern=r"Patient(\d+)")
+    groups = _groups_by_split(data)
+    assert groups["train"].isdisjoint(groups["val"]) and groups["train"].isdisjoint(groups["test"])
+    assert groups["val"].isdisjoint(groups["test"]) and set.union(*groups.values()) == {str(n) for n in range(30)}
+    assert sum(len(s) for s in data.splits.values()) == 60
+    assert f"groups per split train {len(groups['train'])}, val {len(groups['val'])}, test {len(groups['test'])}" \
+        in data.split_note
+    # the image-by-image split puts the two eyes of some patient on both sides: what the groups prevent
+    plain = tld.load_dataset(root, seed=seed)
+    sides = {}
+    for name, split in plain.splits.items():
+        for f in split.images:
+            sides.setdefault(Path(f).name.split("_")[0], set()).add(name)
+    assert any(len(s) > 1 for s in sides.values())
+
+
+def test_group_pattern_matching_nothing_is_a_clear_error(tmp_path):
+    from conftest import write_fundus_folder
+
+    root = write_fundus_folder(tmp_path / "fundus", n_patients=6, size=(64, 48))
+    with pytest.raises(tld.DataError, match=r"'Subject\(\\\\d\+\)' matches none of the 12 file names, e\.g\. '0/Patient"):
+        tld.load_dataset(root, group_pattern=r"Subject(\d+)")
+    with pytest.raises(tld.DataError, match="not a valid regular expression"):
+        tld.load_dataset(root, group_pattern=r"Patient(\d+")
+
+
+def test_csv_group_column_keeps_groups_together(tmp_path, photo_folder):
+    files = sorted(p.relative_to(photo_folder).as_posix() for p in photo_folder.rglob("*.jpg"))
+    table = pd.DataFrame({"image": files, "label": [f.split("/")[0] for f in files],
+                          "group": [f"g{i // 3}" for i in range(len(files))]})  # 3 photos per group
+    table.to_csv(photo_folder / "m.csv", index=False)
+    data = tld.load_dataset(photo_folder / "m.csv", seed=0)
+    groups = _groups_by_split(data)
+    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"]) \
+        and not (groups["val"] & groups["test"])
+    assert "grouped by column 'group'" in data.split_note
+    limited = data.train.subset([0, 1])  # subsets (quick profiles) keep the groups
+    assert list(limited.groups) == list(data.train.groups[:2])
+
+
+def test_group_pattern_warns_when_split_folders_share_a_patient(tmp_path):
+    from conftest import write_fundus_photo
+
+    for split, eye in (("train", "L"), ("test", "R")):
+        for grade in range(2):
+            for n in range(3):
+                write_fundus_photo(tmp_path / split / str(grade) / f"Patient{n + 3 * grade}_{eye}.jpg", (64, 48), grade)
+    with pytest.warns(UserWarning, match=r"6 group\(s\) of GROUP_PATTERN .* in two split folders"):
+        tld.load_dataset(tmp_path, group_pattern=r"Patient(\d+)")

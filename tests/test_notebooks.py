@@ -60,3 +60,73 @@ def test_committed_notebooks_are_clean():
         text = path.read_text()
         for fragment in ('"/root/', '"/tmp/', '"/home/', "/work/", "site-packages"):
             assert fragment not in text, f"{path.name} contains a machine path ({fragment})"
+
+
+# --------------------------------------------------------------------------- your own photographs
+
+
+def _run_on_own_photos(name, tmp_path, data_dir, **parameters):
+    notebook = next(p for p in NOTEBOOKS if p.stem.startswith(name))
+    results = tmp_path / "results.json"
+    parameters = {"PROFILE": "quick", "DATA_DIR": str(data_dir), "CACHE_DIR": str(tmp_path / "cache"),
+                  "FIGURES_DIR": str(tmp_path / "figures"), **parameters}
+    tlrun.run_notebooks([notebook], output_dir=tmp_path / "run", parameters=parameters, results=results,
+                        echo=lambda *_: None)
+    executed = nbformat.read(tmp_path / "run" / notebook.name, as_version=4)
+    text = "\n".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    return json.loads(results.read_text()), text
+
+
+@pytest.mark.slow
+def test_notebook_03_on_large_fundus_photographs_of_patients(tmp_path):
+    """2000 x 1300 JPEGs, two eyes per patient: the backbone's input size, patients kept on one side of the split."""
+    import tutorial_lib.data as tld
+    from conftest import write_fundus_folder
+
+    photos = write_fundus_folder(tmp_path / "fundus", n_patients=18, size=(2000, 1300))
+    results, text = _run_on_own_photos("03", tmp_path, photos, GROUP_PATTERN=r"Patient(\d+)", ENSEMBLE=2)
+    details = results["dr"]["details"]
+    assert {d["image_size"] for d in details.values() if "image_size" in d} == {224}
+    assert "-> input 224 px" in text and "grouped by Patient(\\d+)" in text
+    data = tld.load_dataset(photos, seed=0, group_pattern=r"Patient(\d+)")  # the split the notebook printed
+    assert f"groups per split train {len(set(data.train.groups))}" in text
+    sides = [set(s.groups) for s in data.splits.values()]
+    assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    assert len(list((tmp_path / "cache" / "prepared").glob("*.npy"))) >= 3  # the disc crops are cached
+
+
+@pytest.mark.slow
+def test_notebook_04_on_large_photos_of_mixed_sizes_and_orientations(tmp_path):
+    from conftest import write_garment_photo
+
+    sizes = [(1600, 1200), (1200, 1600), (2000, 900), (900, 1400)]
+    for kind, garment in enumerate(["dress", "scarf", "hat"]):
+        for i in range(10):
+            write_garment_photo(tmp_path / "photos" / garment / f"IMG_{kind}{i:03d}.jpg", sizes[i % 4], kind,
+                                seed=10 * kind + i, orientation=6 if i % 3 == 0 else 1)
+    results, text = _run_on_own_photos("04", tmp_path, tmp_path / "photos")
+    details = results["clothing"]["details"]
+    assert {d["image_size"] for method, d in details.items() if method != "svm"} == {224}
+    assert "-> resized and padded to 224 px" in text
+    assert results["clothing"]["n_test"] == 6
+
+
+@pytest.mark.slow
+def test_notebook_05_on_a_catalogue_of_large_images(tmp_path):
+    import pandas as pd
+
+    from conftest import write_garment_photo
+
+    root, rows = tmp_path / "catalogue", []
+    for kind, (article, sub) in enumerate([("Tshirts", "Topwear"), ("Trousers", "Bottomwear")]):
+        for i in range(24):
+            product = 1000 * (kind + 1) + i
+            write_garment_photo(root / "images" / f"{product}.jpg", (1200, 1600), kind, seed=product)
+            rows.append({"id": product, "gender": ["Men", "Women"][i % 2], "masterCategory": "Apparel",
+                         "subCategory": sub, "articleType": article, "baseColour": ["Blue", "Black"][i % 2],
+                         "season": "Summer", "usage": "Casual"})
+    pd.DataFrame(rows).to_csv(root / "styles.csv", index=False)
+    results, text = _run_on_own_photos("05", tmp_path, root)
+    details = results["tagging"]["details"]
+    assert {details[m]["image_size"] for m in ("independent_heads", "cnn_lstm")} == {224}
+    assert " at 224 px" in text

@@ -299,3 +299,75 @@ def test_transforms_pickle_and_have_full_reprs():
     assert pickle.loads(pickle.dumps(pipeline)) == pipeline
     text = repr(pipeline)
     assert "FundusCrop(size=64, margin=0.1)" in text and "0x" not in text  # no memory addresses: a stable cache key
+
+
+# --------------------------------------------------------------------------- photographs prepared once, pixels only
+
+
+def _jpeg_with_personal_data(path, grade=1, seed=0):
+    from conftest import write_fundus_photo
+
+    exif = Image.Exif()
+    exif[0x013B] = "Dr Jane Privatename"  # Artist
+    exif[0x010E] = "patient 1234 DOB 1950-01-01"  # ImageDescription
+    exif[0x0110] = "SecretCam 9000"  # Model
+    return write_fundus_photo(path, (900, 600), grade, seed, exif=exif.tobytes(), comment=b"clinic comment xyz")
+
+
+def test_prepared_photos_carry_no_exif_comment_or_file_name(tmp_path):
+    import tutorial_lib.data as tld
+    import tutorial_lib.plots as plots
+
+    paths = [_jpeg_with_personal_data(tmp_path / "in" / f"Mrs_Confidential_{i}.jpg", i, i) for i in range(3)]
+    with Image.open(paths[0]) as check:  # the test input really carries them
+        assert "Privatename" in str(dict(check.getexif())) and check.info.get("comment") == b"clinic comment xyz"
+    split = tld.ImageSplit(paths, np.array([0, 1, 2]))
+    prepared = tlp.prepare_split(split, tlp.FundusCrop(64), 64, cache_dir=tmp_path / "cache")
+    assert prepared.images.shape == (3, 64, 64, 3) and prepared.images.dtype == np.uint8
+    plots.save_figure(plots.prediction_grid(prepared, np.array([0, 1, 2]), ["a", "b", "c"], n=3), "grid", tmp_path / "fig")
+    written = list((tmp_path / "cache").iterdir()) + list((tmp_path / "fig").iterdir())
+    assert len(written) == 3
+    for path in written:
+        data = path.read_bytes()
+        assert "Confidential" not in path.name
+        for secret in (b"Privatename", b"patient 1234", b"SecretCam", b"clinic comment", b"Confidential", b"Exif"):
+            assert secret not in data, (path.name, secret)
+
+
+def test_prepare_split_is_cached_and_counts_photos_without_a_disc(tmp_path, monkeypatch):
+    import tutorial_lib.data as tld
+    from conftest import write_fundus_photo
+
+    paths = [write_fundus_photo(tmp_path / f"{i}.jpg", (800, 500), 1, i) for i in range(2)]
+    paths.append(tmp_path / "grey.jpg")
+    Image.new("RGB", (700, 500), (120, 120, 120)).save(paths[-1])
+    split = tld.ImageSplit(paths, np.array([0, 1, 0]))
+    with pytest.warns(tlp.NoDiscFoundWarning, match="no fundus disc found in 1 of 3 photographs"):
+        first = tlp.prepare_split(split, tlp.FundusCrop(48), 48, cache_dir=tmp_path / "cache")
+    centre = np.asarray(first.images[0], dtype=float)
+    assert centre[24, 24].sum() > 3 * 60 and centre[1, 1].sum() < 30  # disc centred, black corner
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("a cached photo was decoded again")
+
+    monkeypatch.setattr(tld, "open_image", no_decoding)
+    with pytest.warns(tlp.NoDiscFoundWarning, match="1 of 3"):  # the count comes back from the cache too
+        again = tlp.prepare_split(split, tlp.FundusCrop(48), 48, cache_dir=tmp_path / "cache")
+    assert np.array_equal(first.images, again.images)
+
+
+def test_resolve_image_size_follows_the_data(tmp_path):
+    import tutorial_lib.data as tld
+    import tutorial_lib.models as tlm
+    from conftest import write_fundus_photo
+
+    backbone = tlm.load_backbone("efficientnet_lite0")
+    small = tld.ImageSplit(np.zeros((4, 28, 28, 3), np.uint8), np.zeros(4, int))
+    assert tlm.resolve_image_size("auto", small, backbone, small_size=96) == 96
+    big = tld.ImageSplit([write_fundus_photo(tmp_path / f"{i}.jpg", (1300, 2000)) for i in range(2)], np.zeros(2, int))
+    assert tlm.resolve_image_size("auto", big, backbone, small_size=96) == backbone.data_config["input_size"][-1] == 224
+    assert tlm.resolve_image_size(0, big, backbone, small_size=96, profile_size=160) == 160
+    assert tlm.resolve_image_size(128, big, backbone, small_size=96) == 128
+    assert tlm.resolve_image_size("128", big, backbone, small_size=96) == 128  # papermill -p IMAGE_SIZE 128
+    for bad in ("large", -1, 1.5):
+        with pytest.raises(ValueError, match="IMAGE_SIZE must be"):
+            tlm.resolve_image_size(bad, big, backbone, small_size=96)

@@ -365,3 +365,57 @@ def test_seed_ensemble_members_start_alike_average_and_leave_the_first_member(cl
     assert members[0].model is not None and members[1].model is None
     with pytest.raises(ValueError, match="seeds is empty"):
         run([])
+
+
+# --------------------------------------------------------------------------- threshold fitting is total
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra.numpy import arrays  # noqa: E402
+
+
+def _kappa_or_minus_inf(y, grades):
+    import warnings
+
+    from tutorial_lib.metrics import quadratic_weighted_kappa
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kappa = quadratic_weighted_kappa(y, grades)
+    return kappa if np.isfinite(kappa) else -np.inf
+
+
+@st.composite
+def _scores_and_labels(draw):
+    n_classes = draw(st.integers(1, 6))
+    n = draw(st.integers(0, 60))
+    pool = draw(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=8))  # ties, extremes
+    scores = draw(arrays(np.float64, n, elements=st.sampled_from(pool)))
+    labels = draw(arrays(np.int64, n, elements=st.integers(0, n_classes - 1)))  # classes may be absent
+    return scores, labels, n_classes
+
+
+@settings(max_examples=150, deadline=None)
+@given(_scores_and_labels())
+def test_fit_thresholds_is_total(case):
+    scores, y, n_classes = case
+    thresholds = tlt.fit_thresholds(scores, y, n_classes)
+    assert thresholds.shape == (max(n_classes - 1, 0),)
+    assert np.all(np.isfinite(thresholds)) and np.all(np.diff(thresholds) > 0)
+    grades = tlt.apply_thresholds(scores, thresholds)  # np.digitize raised on unordered cut points
+    midpoints = np.arange(max(n_classes - 1, 0)) + 0.5
+    if len(y):
+        assert _kappa_or_minus_inf(y, grades) >= _kappa_or_minus_inf(y, tlt.apply_thresholds(scores, midpoints))
+
+
+@pytest.mark.parametrize("scores", [np.linspace(3.2, 3.4, 60), np.full(60, 2.0)], ids=["narrow", "constant"])
+def test_fit_thresholds_on_scores_inside_one_grade(scores):
+    """Regression: every expected grade between two midpoints made the search cross its neighbours
+    (ValueError: bins must be monotonically increasing or decreasing, in np.digitize)."""
+    y = np.random.default_rng(0).integers(0, 5, len(scores))
+    rules, thresholds = tlt.ordinal_predictions(
+        {"val": np.full((len(y), 5), 0.2)}, {"val": y})  # uniform probabilities: expected grade 2 for all
+    assert np.all(np.diff(thresholds) > 0) and rules["thresholds"]["val"].shape == y.shape
+    thresholds = tlt.fit_thresholds(scores, y, 5)
+    assert np.all(np.diff(thresholds) > 0)
+    assert tlt.apply_thresholds(scores, thresholds).shape == y.shape

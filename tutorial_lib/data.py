@@ -379,15 +379,19 @@ _BOMB_FIX = ("if you trust the file, raise the limit before loading (PIL.Image.M
              "or better, save a downscaled copy (a CNN sees a few hundred pixels a side anyway)")
 
 
-def open_image(path: str | Path) -> Image.Image:
+def open_image(path: str | Path, *, draft: int | None = None) -> Image.Image:
     """Open any image file as an 8-bit RGB PIL image, upright (EXIF rotation applied).
 
     Handles greyscale, palette, alpha (composited on white), CMYK and 16-bit images.
     A file that is missing, not an image, damaged or decompression-bomb sized raises
     :class:`DataError` naming the file and the fix, not an error from inside PIL.
+    ``draft``: a JPEG is decoded at the smallest of 1/2, 1/4 or 1/8 scale that keeps both
+    sides at least ``draft`` px (a 12-megapixel photo decodes several times faster).
     """
     try:
         with Image.open(path) as img:
+            if draft:
+                img.draft("RGB", (int(draft), int(draft)))
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
     except FileNotFoundError as err:
@@ -439,6 +443,7 @@ class ImageSplit:
 
     images: np.ndarray | list[Path]
     labels: np.ndarray
+    groups: np.ndarray | None = None  # e.g. the patient of each image (see group_ids); None: every image its own
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -457,7 +462,7 @@ class ImageSplit:
             images: np.ndarray | list[Path] = self.images[indices]
         else:
             images = [self.images[i] for i in indices]
-        return ImageSplit(images, self.labels[indices])
+        return ImageSplit(images, self.labels[indices], None if self.groups is None else self.groups[indices])
 
 
 @dataclass
@@ -510,7 +515,7 @@ class TagData:
 
 
 def load_dataset(source: str | Path, *, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                 check_images: bool = True, **csv_options) -> ClassificationData:
+                 check_images: bool = True, group_pattern: str | None = None, **csv_options) -> ClassificationData:
     """Load a classification dataset by registry name, folder or CSV manifest.
 
     - ``"retinamnist"``, ``"clothing"``: embedded, verified against the manifest.
@@ -520,6 +525,10 @@ def load_dataset(source: str | Path, *, seed: int = 0, val_fraction: float = 0.1
       keeps a training and a validation image, or a DataError names the class.
     - A ``.csv`` file: an image column and a label column (see :func:`load_csv_manifest`).
     Unreadable files in your own data are skipped with one warning that lists them.
+
+    ``group_pattern`` (a regular expression, e.g. ``r"Patient(\\d+)"``; see :func:`group_ids`) or a
+    ``group`` column in a CSV manifest names the group of each image (the patient whose two eyes
+    must not be split): the seeded split then keeps every group on one side.
     """
     name = str(source)
     if name in REGISTRY:
@@ -541,11 +550,39 @@ def load_dataset(source: str | Path, *, seed: int = 0, val_fraction: float = 0.1
                         "a folder of class subfolders, or a CSV manifest.")
     if path.is_dir():
         return load_image_folder(path, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                                 check_images=check_images)
+                                 check_images=check_images, group_pattern=group_pattern)
     if path.suffix.lower() == ".csv":
         return load_csv_manifest(path, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-                                 check_images=check_images, **csv_options)
+                                 check_images=check_images, group_pattern=group_pattern, **csv_options)
     raise DataError(f"{path} is neither a folder nor a .csv manifest.")
+
+
+def group_ids(files: Sequence[Path], pattern: str, root: Path) -> np.ndarray:
+    """The group of each file: regular expression ``pattern`` searched in the file's path relative to ``root``.
+
+    The rule: the first capturing group of the first match is the group id (the whole match
+    when the pattern has no group), so ``r"Patient(\\d+)"`` puts ``Patient7_L.jpg`` and
+    ``Patient7_R.jpg`` together. A pattern that matches no file is an error naming it and an
+    example file; files it does not match become groups of their own, with a warning.
+    """
+    import re
+
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        raise DataError(f"GROUP_PATTERN {pattern!r} is not a valid regular expression ({err}).") from err
+    relative = [Path(f).relative_to(root).as_posix() if Path(f).is_relative_to(root) else Path(f).name for f in files]
+    matches = [regex.search(r) for r in relative]
+    if files and not any(matches):
+        raise DataError(f"GROUP_PATTERN {pattern!r} matches none of the {len(files)} file names, e.g. {relative[0]!r} "
+                        f"(searched in the path relative to {root}). Fix the pattern, e.g. r\"Patient(\\d+)\" for "
+                        "Patient12_L.jpg, or leave it empty to split image by image.")
+    unmatched = [r for r, m in zip(relative, matches) if m is None]
+    if unmatched:
+        warnings.warn(f"GROUP_PATTERN {pattern!r} does not match {len(unmatched)} file(s), e.g. {unmatched[0]!r}; "
+                      "each of them is a group of its own.", stacklevel=3)
+    return np.array([(m.group(1) if m.re.groups else m.group(0)) if m else f"<file> {r}"
+                     for r, m in zip(relative, matches)], dtype=object)
 
 
 def load_retinamnist(path: Path | None = None) -> ClassificationData:
@@ -724,14 +761,14 @@ def _find_split_folders(root: Path) -> dict[str, Path]:
 def _carve(splits: dict[str, "ImageSplit"], fraction: float, seed: int) -> "ImageSplit":
     """Take a seeded stratified ``fraction`` of the training split out (as the split the folders lack)."""
     train = splits["train"]
-    keep, held = _stratified_split(np.arange(len(train)), train.labels, fraction, seed)
+    keep, held = _stratified_split(np.arange(len(train)), train.labels, fraction, seed, train.groups)
     splits["train"] = train.subset(keep)
     return train.subset(held)
 
 
 def load_image_folder(root: str | Path, *, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                      check_images: bool = True) -> ClassificationData:
-    """Load a class-subfolder tree (see :func:`load_dataset`)."""
+                      check_images: bool = True, group_pattern: str | None = None) -> ClassificationData:
+    """Load a class-subfolder tree (see :func:`load_dataset`; ``group_pattern`` as in :func:`group_ids`)."""
     root = Path(root)
     split_dirs = _find_split_folders(root)
     skipped: list[tuple[Path, str]] = []
@@ -740,8 +777,9 @@ def load_image_folder(root: str | Path, *, seed: int = 0, val_fraction: float = 
         files, labels = _drop_unreadable(files, labels, skipped, check_images)
         _warn_skipped(skipped)
         _warn_similar_labels(labels, root)
-        data = _rebalance(_split_seeded(root.name, files, labels, seed, val_fraction, test_fraction), seed,
-                          ("train", "val", "test"))
+        groups = group_ids(files, group_pattern, root) if group_pattern else None
+        data = _rebalance(_split_seeded(root.name, files, labels, seed, val_fraction, test_fraction, groups,
+                                        group_pattern), seed, ("train", "val", "test"))
         _check_trainable(data, root, val_fraction)
         return data
     scanned: dict[str, tuple[list[Path], list[str]]] = {}
@@ -754,7 +792,8 @@ def load_image_folder(root: str | Path, *, seed: int = 0, val_fraction: float = 
     classes = sort_classes(scanned["train"][1])
     _check_classes(classes, {s: labels for s, (_, labels) in scanned.items()}, root)
     index = {c: i for i, c in enumerate(classes)}
-    splits = {s: ImageSplit(files, np.array([index[c] for c in labels], dtype=np.int64))
+    splits = {s: ImageSplit(files, np.array([index[c] for c in labels], dtype=np.int64),
+                            group_ids(files, group_pattern, root) if group_pattern else None)
               for s, (files, labels) in scanned.items()}
     names = "/".join(p.name for p in split_dirs.values())
     note = "folder splits"
@@ -766,6 +805,8 @@ def load_image_folder(root: str | Path, *, seed: int = 0, val_fraction: float = 
                          root, val_fraction, before_val=True)
         splits["val"] = _carve(splits, val_fraction, seed)
         note = f"folder {names}; validation: seeded stratified {val_fraction:.0%} of train (seed {seed})"
+    if group_pattern:
+        _warn_groups_across_folders(splits, group_pattern, root)
     data = ClassificationData(root.name, classes, splits["train"], splits["val"], splits["test"], note)
     if "val" not in split_dirs:
         data = _rebalance(data, seed)
@@ -781,6 +822,8 @@ def _rebalance(data: ClassificationData, seed: int, movable: Sequence[str] = ("t
     that has the most of them, if that split keeps one. Splits the user made are not ``movable``.
     """
     splits = dict(data.splits)
+    if any(split.groups is not None for split in splits.values()):
+        return data  # moving one image would put its group on two sides; _check_trainable names the class
     rng = np.random.default_rng(seed)
     for c in range(len(data.classes)):
         for dst in ("train", "val"):
@@ -796,6 +839,16 @@ def _rebalance(data: ClassificationData, seed: int, movable: Sequence[str] = ("t
                                      np.concatenate([splits[dst].labels, split.labels[i:i + 1]]))
             splits[src] = split.subset(np.delete(np.arange(len(split)), i))
     return _replace(data, **splits)
+
+
+def _warn_groups_across_folders(splits: dict[str, "ImageSplit"], group_pattern: str, root: Path) -> None:
+    """Warn when the user's split folders put one group (a patient) on two sides: the folders' split leaks it."""
+    sides = [set(s.groups) for s in splits.values()]
+    shared = set().union(*(a & b for i, a in enumerate(sides) for b in sides[i + 1:]))
+    if shared:
+        warnings.warn(f"{root}: {len(shared)} group(s) of GROUP_PATTERN {group_pattern!r} have images in two "
+                      f"split folders (e.g. {sorted(shared)[0]!r}): the folders' split leaks them. Move them, or "
+                      "drop the split folders to split by group.", stacklevel=3)
 
 
 def _check_trainable(data: ClassificationData, source: Path, val_fraction: float, before_val: bool = False) -> None:
@@ -862,8 +915,21 @@ def _check_classes(train_classes: list[str], labels_by_split: dict[str, list[str
                         "Add training images for them or remove them from the other splits.")
 
 
-def _stratified_split(indices: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
+def _stratified_split(indices: np.ndarray, y: np.ndarray, fraction: float, seed: int,
+                      groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold, train_test_split
+
+    if groups is not None:  # every group on one side; stratified as far as whole groups allow
+        n_groups, n_folds = len(set(groups)), max(2, round(1 / fraction))
+        if n_groups < 2:
+            raise DataError(f"All {len(y)} images are in one group: they cannot be split into train, validation "
+                            "and test. Check GROUP_PATTERN (or the CSV's group column).")
+        splitter = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed) if n_groups >= n_folds \
+            else GroupShuffleSplit(1, test_size=fraction, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # sklearn: "the least populated class has only ..."
+            keep, held = next(splitter.split(indices, y, groups))
+        return np.sort(indices[keep]), np.sort(indices[held])
 
     counts = np.bincount(y)
     n_classes, n_held = int((counts > 0).sum()), math.ceil(fraction * len(y))
@@ -875,7 +941,8 @@ def _stratified_split(indices: np.ndarray, y: np.ndarray, fraction: float, seed:
 
 
 def _split_seeded(name: str, files: list, labels: Sequence[str], seed: int, val_fraction: float,
-                  test_fraction: float) -> ClassificationData:
+                  test_fraction: float, groups: np.ndarray | None = None,
+                  grouped_by: str | None = None) -> ClassificationData:
     if not files:
         raise DataError(f"{name}: no usable images were found (see the warning above for skipped files). "
                         "Add images, or check the folder or the CSV's image column.")
@@ -889,11 +956,15 @@ def _split_seeded(name: str, files: list, labels: Sequence[str], seed: int, val_
         raise DataError(f"{name}: class(es) {small} have fewer than 3 images; a train/val/test split needs at "
                         "least 3 per class. Add images or remove those classes.")
     all_idx = np.arange(len(y))
-    rest, test = _stratified_split(all_idx, y, test_fraction, seed)
-    train, val = _stratified_split(rest, y[rest], val_fraction / (1 - test_fraction), seed)
-    splits = {s: ImageSplit([files[i] for i in idx], y[idx]) for s, idx in
+    rest, test = _stratified_split(all_idx, y, test_fraction, seed, groups)
+    train, val = _stratified_split(rest, y[rest], val_fraction / (1 - test_fraction), seed,
+                                   None if groups is None else groups[rest])
+    splits = {s: ImageSplit([files[i] for i in idx], y[idx], None if groups is None else groups[idx]) for s, idx in
               [("train", train), ("val", val), ("test", test)]}
     note = f"seeded stratified split {1 - val_fraction - test_fraction:.0%}/{val_fraction:.0%}/{test_fraction:.0%} (seed {seed})"
+    if groups is not None:
+        counts = ", ".join(f"{s} {len(set(split.groups))}" for s, split in splits.items())
+        note += f", grouped by {grouped_by or 'the group column'}: groups per split {counts}"
     return ClassificationData(name, classes, splits["train"], splits["val"], splits["test"], note)
 
 
@@ -949,14 +1020,17 @@ def _image_paths(table: pd.DataFrame, column: str, base: Path, suffix: str) -> l
 def load_csv_manifest(path: str | Path, *, image_column: str | None = None, label_column: str = "label",
                       split_column: str = "split", image_folder: str = "", image_suffix: str = "",
                       classes: Sequence[str] | None = None, seed: int = 0, val_fraction: float = 0.1,
-                      test_fraction: float = 0.2, check_images: bool = True) -> ClassificationData:
+                      test_fraction: float = 0.2, check_images: bool = True, group_column: str = "group",
+                      group_pattern: str | None = None) -> ClassificationData:
     """Load a CSV manifest with an image column and a label column.
 
     Image paths are relative to the CSV's folder (plus ``image_folder``); ``image_suffix``
     is appended to ids without one. A ``split`` column with train/val/test values is
     honoured; otherwise a seeded stratified split is made. ``classes`` restricts labels to
     a known list. Duplicate rows are dropped with a warning; a blank label, an unknown
-    label or a missing column is an error that names it.
+    label or a missing column is an error that names it. A ``group_column`` (e.g. the patient), or
+    ``group_pattern`` searched in the image paths (:func:`group_ids`), keeps each group on one side of the
+    seeded split.
     """
     path = Path(path)
     table = _read_csv(path)
@@ -964,7 +1038,8 @@ def load_csv_manifest(path: str | Path, *, image_column: str | None = None, labe
     if label_column not in table.columns:
         raise DataError(f"{path} has no label column {label_column!r}; pass label_column=... "
                         f"(its columns are {list(table.columns)}).")
-    for name in (column, label_column):
+    has_groups = group_column in table.columns
+    for name in (column, label_column, *([group_column] if has_groups else [])):
         blank = table.index[table[name].str.strip() == ""].tolist()
         if blank:
             raise DataError(f"{path}: blank {name!r} in data row(s) {[i + 1 for i in blank[:10]]}. "
@@ -998,9 +1073,13 @@ def load_csv_manifest(path: str | Path, *, image_column: str | None = None, labe
     if split_values is not None:
         split_values = [split_values[i] for i in present]
     if split_values is None:
+        group_of = dict(zip(files, table[group_column].str.strip().iloc[present])) if has_groups else {}
         files, labels = _drop_unreadable(files, labels, missing, check_images)
         _warn_skipped(missing)
-        data = _rebalance(_split_seeded(path.stem, files, labels, seed, val_fraction, test_fraction), seed,
+        groups = np.array([group_of[f] for f in files], dtype=object) if has_groups else \
+            group_ids(files, group_pattern, base) if group_pattern else None
+        data = _rebalance(_split_seeded(path.stem, files, labels, seed, val_fraction, test_fraction, groups,
+                                        f"column {group_column!r}" if has_groups else group_pattern), seed,
                           ("train", "val", "test"))
         _check_trainable(data, path, val_fraction)
         return data

@@ -542,22 +542,35 @@ def quadratic_kappa_scorer():
 # --------------------------------------------------------------------------- catalogue tags
 
 
-def catalogue_split(tag_data, seed: int = 0, test_fraction: float = 0.2,
-                    min_type_count: int = 20) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
+def catalogue_split(tag_data, seed: int = 0, test_fraction: float = 0.2, min_type_count: int = 20,
+                    group_pattern: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.Series]:
     """The train/test split of the tag catalogue that every tagging method uses.
 
     Rows whose ``articleType`` has fewer than ``min_type_count`` images in the whole table are
     dropped (too few to learn or to test), then a seeded split stratified by ``articleType``
     holds out ``test_fraction``. Returns ``(train, test, dropped_counts)``, the last being the
     number of images of each dropped article type, so the notebook can say what it left out.
+    ``group_pattern`` (see :func:`tutorial_lib.data.group_ids`, searched in the image paths below
+    the images folder) adds a ``group`` column and keeps each group on one side.
     """
+    import os
+
     from sklearn.model_selection import train_test_split
+
+    from .data import _stratified_split, group_ids
 
     table = tag_data.table if hasattr(tag_data, "table") else tag_data
     counts = table["articleType"].value_counts()
     rare = counts[counts < min_type_count]
     kept = table[~table["articleType"].isin(rare.index)]
-    train, test = train_test_split(kept, test_size=test_fraction, random_state=seed, stratify=kept["articleType"])
+    if group_pattern:
+        root = Path(os.path.commonpath([str(Path(p).parent) for p in kept["path"]]))
+        kept = kept.assign(group=group_ids(list(kept["path"]), group_pattern, root))
+        codes = kept["articleType"].astype("category").cat.codes.to_numpy()
+        keep, held = _stratified_split(np.arange(len(kept)), codes, test_fraction, seed, kept["group"].to_numpy())
+        train, test = kept.iloc[keep], kept.iloc[held]
+    else:
+        train, test = train_test_split(kept, test_size=test_fraction, random_state=seed, stratify=kept["articleType"])
     return train.sort_index(), test.sort_index(), rare.rename("images dropped")
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -305,6 +306,44 @@ def make_transform(backbone: Backbone, *, train: bool = False, **overrides: Any)
 
     config = {**backbone.data_config, **overrides}
     return create_transform(**config, is_training=train)
+
+
+def native_size(split, n: int = 32) -> tuple[int, int]:
+    """Median (width, height) of up to ``n`` images spread over ``split`` (file headers only: nothing decoded)."""
+    from PIL import Image
+
+    if isinstance(split.images, np.ndarray):
+        return int(split.images.shape[2]), int(split.images.shape[1])
+    picks = np.linspace(0, len(split.images) - 1, min(n, len(split.images))).round().astype(int)
+    sizes = []
+    for i in picks:
+        with Image.open(split.images[i]) as img:
+            sizes.append(img.size)
+    width, height = np.median(np.array(sizes), axis=0)
+    return int(width), int(height)
+
+
+def resolve_image_size(requested: int | str, split, backbone: Backbone, *, small_size: int,
+                       profile_size: int | None = None) -> int:
+    """The input side in pixels for the networks: the ``IMAGE_SIZE`` parameter of notebooks 03-05.
+
+    The rule for ``"auto"``: photographs whose (median) shorter side is larger than the
+    backbone's input get the backbone's own input size (from its pretrained config, e.g. 224);
+    smaller images (RetinaMNIST's 28 px, 224 px catalogue photos) are resized to
+    ``small_size``, the size chosen for them on the validation split. A positive number is
+    used as it is (also as text, ``"224"``, as ``papermill -p`` passes it); ``0`` means
+    ``profile_size`` (``small_size`` if not given).
+    """
+    if isinstance(requested, str) and requested.strip().isdigit():
+        requested = int(requested)
+    if isinstance(requested, str) and requested != "auto" or isinstance(requested, bool) or \
+            not isinstance(requested, (str, int, np.integer)) or (not isinstance(requested, str) and requested < 0):
+        raise ValueError(f"IMAGE_SIZE must be 'auto', 0 (the profile's size) or a positive number of pixels, "
+                         f"not {requested!r}.")
+    if requested == "auto":
+        backbone_size = int(backbone.data_config["input_size"][-1])
+        return backbone_size if min(native_size(split)) > backbone_size else int(small_size)
+    return int(requested) or int(profile_size or small_size)
 
 
 def imagenet_label(index: int) -> str:

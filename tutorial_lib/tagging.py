@@ -96,8 +96,16 @@ def validation_split(train: pd.DataFrame, fraction: float = 0.15, seed: int = 0,
     """Carve a seeded validation part out of ``train``, stratified by ``stratify`` where every value allows it.
 
     Returns ``(fit, val)``. Values with a single image cannot be stratified; then the split is plain random.
+    A ``group`` column (from ``catalogue_split(group_pattern=...)``) keeps each group on one side.
     """
     from sklearn.model_selection import train_test_split
+
+    from .data import _stratified_split
+
+    if "group" in train.columns:
+        codes = train[stratify].astype("category").cat.codes.to_numpy()
+        fit, val = _stratified_split(np.arange(len(train)), codes, fraction, seed, train["group"].to_numpy())
+        return train.iloc[fit].sort_index(), train.iloc[val].sort_index()
 
     counts = train[stratify].value_counts() if stratify in train.columns else pd.Series(dtype=int)
     labels = train[stratify] if len(counts) and counts.min() >= 2 else None

@@ -28,6 +28,7 @@ import random
 import re
 import warnings
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -928,24 +929,46 @@ def expected_grade(probs: np.ndarray) -> np.ndarray:
     return probs @ np.arange(probs.shape[1])
 
 
-def fit_thresholds(scores: np.ndarray, y: np.ndarray, n_classes: int, *, rounds: int = 3) -> np.ndarray:
+def fit_thresholds(scores: np.ndarray, y: np.ndarray, n_classes: int, *, rounds: int = 3,
+                   max_candidates: int = 40) -> np.ndarray:
     """Cut points on a continuous grade score that maximise quadratic weighted kappa on ``(scores, y)``.
 
-    Coordinate search, starting from the midpoints 0.5, 1.5, ...; fit them on the
-    validation split, never on the test split.
+    Coordinate search from the midpoints 0.5, 1.5, ...: each cut point in turn moves to the
+    best of (at most ``max_candidates``) points halfway between neighbouring scores that lie
+    strictly between its neighbours' cut points, and stays where it is unless one scores
+    higher. So the result is always strictly increasing and never scores below the
+    midpoints, for any scores (ties, a constant, extreme values) and labels (classes absent).
+    Fit them on the validation split, never on the test split.
     """
     from .metrics import quadratic_weighted_kappa
 
-    thresholds = np.arange(n_classes - 1) + 0.5
+    big = np.finfo(np.float64).max
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64).ravel(), nan=0.0, posinf=big, neginf=-big)
+    y = np.asarray(y).ravel()
+    thresholds = np.arange(max(n_classes - 1, 0), dtype=np.float64) + 0.5
+    values = np.unique(scores)
+    midpoints = np.r_[values[:-1] / 2 + values[1:] / 2, values[:1] - 1.0, values[-1:] + 1.0]  # halves: no overflow
+
+    def score(cuts: np.ndarray) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one predicted grade for all: kappa is 0/0
+            kappa = quadratic_weighted_kappa(y, np.digitize(scores, cuts)) if len(y) else float("nan")
+        return kappa if np.isfinite(kappa) else -np.inf
+
+    best = score(thresholds)
     for _ in range(rounds):
         for i in range(len(thresholds)):
-            lo = thresholds[i - 1] if i else scores.min() - 1e-6
-            hi = thresholds[i + 1] if i + 1 < len(thresholds) else scores.max() + 1e-6
-            candidates = np.linspace(lo, hi, 41)[1:-1]
-            kappas = [quadratic_weighted_kappa(y, np.digitize(scores, np.r_[thresholds[:i], c, thresholds[i + 1:]]))
-                      for c in candidates]
-            if candidates.size:
-                thresholds[i] = candidates[int(np.argmax(kappas))]
+            lo = thresholds[i - 1] if i else -np.inf
+            hi = thresholds[i + 1] if i + 1 < len(thresholds) else np.inf
+            candidates = np.unique(midpoints[(midpoints > lo) & (midpoints < hi)])
+            if candidates.size > max_candidates:
+                candidates = np.unique(np.quantile(candidates, np.linspace(0, 1, max_candidates), method="nearest"))
+            for c in candidates:
+                trial = thresholds.copy()
+                trial[i] = c
+                kappa = score(trial)
+                if kappa > best:
+                    best, thresholds = kappa, trial
     return thresholds
 
 
