@@ -120,3 +120,15 @@ def test_strip_widget_outputs_keeps_everything_else(tmp_path):
     assert [o.output_type for o in stripped.cells[0].outputs] == ["stream", "display_data"]
     assert "widgets" not in stripped.metadata
     assert strip(tmp_path / "nb.ipynb") == 0
+
+
+def test_every_library_loop_draws_through_the_progress_helper():
+    """A direct tqdm.auto import would store a dead widget in executed notebooks again (two new modules did)."""
+    import re
+    from pathlib import Path
+
+    package = Path(tlp.__file__).parent
+    direct = [f"{p.name}:{n}" for p in sorted(package.glob("*.py")) if p.name != "progress.py"
+              for n, line in enumerate(p.read_text().splitlines(), 1)
+              if re.search(r"^\s*(from tqdm|import tqdm)", line)]
+    assert not direct, f"import tqdm through tutorial_lib.progress instead: {direct}"

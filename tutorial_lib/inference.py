@@ -87,7 +87,7 @@ def predict_table(model_or_path: ExportedModel | str | Path, images: str | Path 
                   batch_size: int = 16, device: str | torch.device = "auto", gradcam_dir: str | Path | None = None,
                   progress: bool = True) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """:func:`predict` without the warning: returns the table and the skipped ``(path, reason)`` pairs."""
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     from .env import get_device
 

@@ -508,7 +508,7 @@ def prepare_split(split, step: Any, size: int, *, cache_dir: Path | None = None,
     which :class:`FundusCrop` finds no disc keep a centred crop and are counted in one
     :class:`NoDiscFoundWarning`. A split of arrays (already small) is returned unchanged.
     """
-    from tqdm.auto import tqdm
+    from .progress import tqdm
 
     from .data import ImageSplit, open_image
     from .train import cached_array, split_fingerprint
