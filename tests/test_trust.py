@@ -385,3 +385,11 @@ def test_sigint_at_the_command_line_prints_one_line_and_no_traceback(tmp_path):
     _, err = child.communicate(timeout=30)
     assert child.returncode == 130 and "Traceback" not in err
     assert err.strip() == "Interrupted. Re-run the same command to resume from the last saved epoch."
+
+
+def test_image_size_auto_takes_numbers_and_refuses_other_words():
+    notebook = tlrun.NOTEBOOKS_DIR / "03_transfer_learning_dr.ipynb"
+    assert tlrun.check_parameters(notebook, {"IMAGE_SIZE": "auto"}) == {"IMAGE_SIZE": "auto"}
+    assert tlrun.check_parameters(notebook, {"IMAGE_SIZE": 224}) == {"IMAGE_SIZE": 224}
+    with pytest.raises(ValueError, match="IMAGE_SIZE expects a number or 'auto'"):
+        tlrun.check_parameters(notebook, {"IMAGE_SIZE": "big"})

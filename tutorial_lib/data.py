@@ -815,29 +815,34 @@ def load_image_folder(root: str | Path, *, seed: int = 0, val_fraction: float = 
 
 
 def _rebalance(data: ClassificationData, seed: int, movable: Sequence[str] = ("train", "val")) -> ClassificationData:
-    """Move single images between seeded splits where a class has no training or no validation image.
+    """Move images between seeded splits where a class has no training or no validation image.
 
     On tiny data the split cannot be stratified, and a class may end with no validation (or no
     training) image; one of its images (chosen with ``seed``) then comes from the ``movable`` split
-    that has the most of them, if that split keeps one. Splits the user made are not ``movable``.
+    that has the most of them, if that split keeps one. With groups (a patient's photos) the whole
+    group moves, so no group ends on two sides. Splits the user made are not ``movable``.
     """
     splits = dict(data.splits)
-    if any(split.groups is not None for split in splits.values()):
-        return data  # moving one image would put its group on two sides; _check_trainable names the class
     rng = np.random.default_rng(seed)
     for c in range(len(data.classes)):
         for dst in ("train", "val"):
             if (splits[dst].labels == c).any():
                 continue
             src = max((s for s in movable if s != dst), key=lambda s: int((splits[s].labels == c).sum()))
-            have = np.flatnonzero(splits[src].labels == c)
-            if len(have) < 2:
+            split, target = splits[src], splits[dst]
+            have = np.flatnonzero(split.labels == c)
+            if not len(have):
                 continue
             i = int(rng.choice(have))
-            split = splits[src]
-            splits[dst] = ImageSplit(list(splits[dst].images) + [split.images[i]],
-                                     np.concatenate([splits[dst].labels, split.labels[i:i + 1]]))
-            splits[src] = split.subset(np.delete(np.arange(len(split)), i))
+            move = np.flatnonzero(split.groups == split.groups[i]) if split.groups is not None else np.array([i])
+            stay = np.setdiff1d(np.arange(len(split)), move)
+            if not (split.labels[stay] == c).any():
+                continue  # the source split would lose its last image of the class
+            groups = None if split.groups is None or target.groups is None else \
+                np.concatenate([target.groups, split.groups[move]])
+            splits[dst] = ImageSplit(list(target.images) + [split.images[j] for j in move],
+                                     np.concatenate([target.labels, split.labels[move]]), groups)
+            splits[src] = split.subset(stay)
     return _replace(data, **splits)
 
 

@@ -92,6 +92,9 @@ def _check_value(notebook: Path, name: str, value: Any, default_text: str | None
             raise ValueError(f"{notebook.name}: parameter {name} expects a whole number (default {default_text}), "
                              f"got {value!r}.")
         value = int(value)
+    elif isinstance(default, str) and name in PARAMETER_RANGES:  # a number or a word, e.g. IMAGE_SIZE = "auto"
+        if isinstance(value, str) and value != default:
+            raise ValueError(f"{notebook.name}: parameter {name} expects a number or {default!r}, got {value!r}.")
     elif isinstance(default, str) and not isinstance(value, str):
         value = str(value)  # e.g. -p DATA_DIR 2024 is still a folder name
     return value
