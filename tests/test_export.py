@@ -26,7 +26,7 @@ from test_reliability import _png_header_only
 CPU = torch.device("cpu")
 
 
-def _train(data, size: int, n_train: int, n_test: int, stages: int):
+def _train(data, size: int, n_train: int, n_test: int, stages: int, **transform_options):
     """finetune_top on a seeded sample, the notebooks' way: preprocessing, then the backbone's transform."""
     pick = np.random.default_rng(0)
     splits = {name: split.subset(np.sort(pick.choice(len(split), n, replace=False)))
@@ -34,7 +34,7 @@ def _train(data, size: int, n_train: int, n_test: int, stages: int):
                                      ("test", data.test, n_test))}
     backbone = tl.models.load_backbone("efficientnet_lite0", num_classes=len(data.classes))
     pre = tl.preprocess.clothing_pipeline(size, fill=tl.preprocess.pad_colour(backbone.data_config))
-    tf = transforms.Compose([pre, tl.models.make_transform(backbone, input_size=(3, size, size))])
+    tf = transforms.Compose([pre, tl.models.make_transform(backbone, input_size=(3, size, size), **transform_options)])
     frozen = tl.train.FrozenTrunk(backbone, tl.train.top_stages(backbone, stages), tf, CPU, batch_size=8,
                                   precision="float32")
     result = tl.train.finetune_top(frozen, splits, tl.train.TrainConfig(epochs=2, batch_size=8, seed=0),
@@ -45,8 +45,8 @@ def _train(data, size: int, n_train: int, n_test: int, stages: int):
 
 @pytest.fixture(scope="module")
 def clothing_model(tmp_path_factory, clothing):
-    backbone, _, eval_tf, splits, result = _train(clothing, 64, 24, 12, 2)
-    # the notebook's evaluation transform as it is: the resize-and-pad step is kept, the backbone's part recognised
+    # notebook 04's evaluation transform as it is: resize-and-pad, then the backbone's transform without its crop
+    backbone, _, eval_tf, splits, result = _train(clothing, 64, 24, 12, 2, crop_pct=1.0)
     folder = save_model(backbone, tmp_path_factory.mktemp("models") / "clothing", classes=clothing.classes,
                         image_size=64, preprocess=eval_tf, task="clothing")
     return {"folder": folder, "backbone": backbone, "splits": splits, "result": result, "classes": clothing.classes}
@@ -164,7 +164,9 @@ def test_onnx_export_matches_pytorch_on_real_photos(clothing_model, tmp_path, ca
     assert code == 0 and out.is_file()
     doc = json.loads((tmp_path / "clothing.preprocessing.json").read_text())
     assert doc["output"]["classes"] == clothing_model["classes"] and doc["input"]["shape"] == ["batch", 3, 64, 64]
-    assert any("resize the shorter side to 73 px" in s for s in doc["steps"])  # floor(64 / 0.875)
+    # notebook 04's transform: padded to a square, then the backbone's resize without its centre crop
+    assert load_model(clothing_model["folder"]).meta["preprocessing"]["backbone_transform"]["crop_pct"] == 1.0
+    assert any("resize the shorter side to 64 px" in s for s in doc["steps"])  # floor(64 / 1.0)
     model = load_model(clothing_model["folder"])
     split = clothing_model["splits"]["test"]
     batch = torch.stack([model.transform(split.image(i)) for i in range(len(split))])

@@ -83,6 +83,18 @@ def _steps_to_json(steps: Any, backbone_transform: str = "") -> list[dict[str, A
     return out
 
 
+def _flat_steps(steps: Any) -> list[Any]:
+    """Every transform inside ``steps`` (``Compose`` of either kind, a list, or one), nested ones included."""
+    if steps is None:
+        return []
+    if isinstance(steps, preprocess.Compose):
+        return [node for step in steps.steps for node in _flat_steps(step)]
+    if isinstance(steps, (list, tuple)):
+        return [node for step in steps for node in _flat_steps(step)]
+    inner = getattr(steps, "transforms", None)
+    return [steps, *(_flat_steps(inner) if isinstance(inner, list) else [])]
+
+
 def _steps_from_json(steps: list[dict[str, Any]]) -> preprocess.Compose:
     built = []
     for step in steps:
@@ -166,13 +178,20 @@ def save_model(model: Any, path: str | Path, *, classes: Sequence[str], image_si
     from .models import make_transform
 
     size = int(image_size or backbone.data_config["input_size"][-1])
-    own = repr(make_transform(backbone, input_size=(3, size, size)))
+    # the backbone's own transform, as made by the notebooks: with its centre crop, or without (crop_pct=1.0,
+    # after ResizePad); whichever the evaluation transform holds is the one saved
+    crops = dict.fromkeys([backbone.data_config.get("crop_pct", 1.0), 1.0])
+    owns = {repr(make_transform(backbone, input_size=(3, size, size), crop_pct=c)): c for c in crops}
+    held = [owns[r] for r in map(repr, _flat_steps(preprocess)) if r in owns]
+    crop_pct = held[0] if held else backbone.data_config.get("crop_pct", 1.0)
+    own = repr(make_transform(backbone, input_size=(3, size, size), crop_pct=crop_pct))
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__, "task": task,
             **info, "classes": classes, "ordinal": decision == "thresholds" or task == "dr",
             "decision": decision, "thresholds": _check_decision(decision, thresholds, len(classes)),
             "image_size": size,
             "preprocessing": {"steps": _steps_to_json(preprocess, own),
-                              "backbone_transform": _jsonable({**backbone.data_config, "input_size": (3, size, size)})},
+                              "backbone_transform": _jsonable({**backbone.data_config, "input_size": (3, size, size),
+                                                               "crop_pct": crop_pct})},
             "weights_file": WEIGHTS_FILE, "metadata": _jsonable(metadata or {})}
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
