@@ -417,3 +417,22 @@ def test_group_pattern_warns_when_split_folders_share_a_patient(tmp_path):
                 write_fundus_photo(tmp_path / split / str(grade) / f"Patient{n + 3 * grade}_{eye}.jpg", (64, 48), grade)
     with pytest.warns(UserWarning, match=r"6 group\(s\) of GROUP_PATTERN .* in two split folders"):
         tld.load_dataset(tmp_path, group_pattern=r"Patient(\d+)")
+
+
+def test_grouped_split_note_counts_the_groups_after_rebalancing(tmp_path):
+    """Tiny grouped data: a class missing from validation gets a whole patient moved, and the note says so."""
+    from conftest import write_fundus_photo
+
+    for grade, patients in ((0, range(0, 6)), (1, range(6, 9))):
+        for n in patients:
+            for eye in "LR":
+                write_fundus_photo(tmp_path / str(grade) / f"Patient{n}_{eye}.jpg", (64, 48), grade)
+    for seed in range(4):
+        data = tld.load_dataset(tmp_path, seed=seed, group_pattern=r"Patient(\d+)")
+        sides = {s: set(split.groups) for s, split in data.splits.items()}
+        assert not (sides["train"] & sides["val"]) and not (sides["train"] & sides["test"]) \
+            and not (sides["val"] & sides["test"])
+        for split in (data.train, data.val):
+            assert set(split.labels) == {0, 1}
+        counts = ", ".join(f"{s} {len(g)}" for s, g in sides.items())
+        assert data.split_note.endswith(f"groups per split {counts}")

@@ -843,7 +843,11 @@ def _rebalance(data: ClassificationData, seed: int, movable: Sequence[str] = ("t
             splits[dst] = ImageSplit(list(target.images) + [split.images[j] for j in move],
                                      np.concatenate([target.labels, split.labels[move]]), groups)
             splits[src] = split.subset(stay)
-    return _replace(data, **splits)
+    note = data.split_note
+    if "groups per split" in note:  # the counts as they are after any move
+        counts = ", ".join(f"{s} {len(set(split.groups))}" for s, split in splits.items())
+        note = note[:note.index("groups per split")] + f"groups per split {counts}"
+    return _replace(data, **splits, split_note=note)
 
 
 def _warn_groups_across_folders(splits: dict[str, "ImageSplit"], group_pattern: str, root: Path) -> None:
