@@ -338,7 +338,12 @@ def test_written_files_get_the_umask_permissions(tmp_path):
         with atomic_path(tmp_path / "a.npy", suffix=".npy") as tmp:
             np.save(tmp, np.zeros(2))
         assert default_mode() == 0o640
-        for name in ("results.json", "x.pt", "a.npy"):
+        from tutorial_lib.export import save_model
+        from tutorial_lib.models import load_backbone
+
+        backbone = load_backbone("efficientnet_lite0", num_classes=2)
+        save_model(backbone, tmp_path / "model", classes=["a", "b"], task="clothing")
+        for name in ("results.json", "x.pt", "a.npy", "model/model.safetensors", "model/model.json"):
             assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
     finally:
         os.umask(old)

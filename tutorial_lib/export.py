@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch
 from torch import nn
 
 from . import __version__, preprocess
+from .files import atomic_path, atomic_write_text
 from .models import Backbone
 
 FORMAT = "tutorial_lib.model"
@@ -145,17 +144,6 @@ def _check_decision(decision: str, thresholds: Any, n_classes: int) -> list[floa
     return cuts.tolist()
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(model: Any, path: str | Path, *, classes: Sequence[str], image_size: int | None = None,
                preprocess: Any = None, decision: str = "argmax", thresholds: Any = None, task: str | None = None,
                metadata: dict[str, Any] | None = None) -> Path:
@@ -196,9 +184,10 @@ def save_model(model: Any, path: str | Path, *, classes: Sequence[str], image_si
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / WEIGHTS_FILE
-    _atomic_write(weights, lambda tmp: save_file(_state_to_save(backbone), tmp, metadata={"format": FORMAT}))
+    with atomic_path(weights) as tmp:
+        save_file(_state_to_save(backbone), str(tmp), metadata={"format": FORMAT})
     meta["weights_sha256"] = sha256_file(weights)
-    _atomic_write(folder / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1) + "\n"))
+    atomic_write_text(folder / META_FILE, json.dumps(meta, indent=1) + "\n")
     return folder
 
 
