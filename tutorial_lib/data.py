@@ -621,7 +621,7 @@ def load_retinamnist(path: Path | None = None) -> ClassificationData:
                               info=REGISTRY["retinamnist"])
 
 
-def _is_hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
     """Hidden files and folders (``.DS_Store``, ``._x.jpg``, ``__MACOSX``) are ignored silently."""
     return name.startswith(".") or name.startswith("__")
 
@@ -646,7 +646,7 @@ def _walk_files(folder: Path, root: Path, skipped: list[tuple[Path, str]], seen:
     """The non-hidden files under ``folder``; links that dangle, loop or point back into ``root`` go to ``skipped``."""
     found = []
     for path in sorted(folder.iterdir()):
-        if _is_hidden(path.name):
+        if is_hidden(path.name):
             continue
         if path.is_symlink():
             problem = _link_problem(path, root)
@@ -668,7 +668,7 @@ def _scan_class_folders(root: Path) -> tuple[list[Path], list[str], list[tuple[P
     skipped: list[tuple[Path, str]] = []
     class_dirs = []
     for p in sorted(root.iterdir()):
-        if _is_hidden(p.name):
+        if is_hidden(p.name):
             continue
         problem = _link_problem(p, root) if p.is_symlink() else None
         if problem:
@@ -722,7 +722,7 @@ def _tree(root: Path, depth: int = 2, limit: int = 12) -> str:
     lines = [f"{root}/"]
 
     def walk(folder: Path, level: int) -> None:
-        subs = sorted(p for p in folder.iterdir() if p.is_dir() and not _is_hidden(p.name))
+        subs = sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name))
         for sub in subs[:limit]:
             n = sum(1 for f in sub.iterdir() if f.is_file())
             lines.append(f"{'  ' * level}{sub.name}/" + (f" ({n} files)" if n else ""))
@@ -741,7 +741,7 @@ def _find_split_folders(root: Path) -> dict[str, Path]:
     aliases = {name: split for split, names in SPLIT_FOLDER_NAMES.items() for name in names}
     found: dict[str, Path] = {}
     others = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p.name)):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name)):
         split = aliases.get(folder.name.strip().lower())
         if split is None:
             others.append(folder.name)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import IMAGE_EXTENSIONS, DataError, open_image
+from .data import IMAGE_EXTENSIONS, DataError, is_hidden, open_image
 from .export import ExportedModel, as_model
 
 MIN_SIDE = 8  # px: below this a photo holds nothing a CNN can classify
@@ -40,7 +40,7 @@ def find_images(inputs: str | Path | Sequence[str | Path]) -> tuple[list[Path], 
         path = Path(item)
         if path.is_dir():
             found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                            and not any(part.startswith((".", "__MACOSX")) for part in p.relative_to(path).parts))
+                            and not any(is_hidden(part) for part in p.relative_to(path).parts))
         elif path.is_file():
             found.append(path)
         elif glob.has_magic(str(item)):

@@ -508,9 +508,8 @@ def prepare_split(split, step: Any, size: int, *, cache_dir: Path | None = None,
     which :class:`FundusCrop` finds no disc keep a centred crop and are counted in one
     :class:`NoDiscFoundWarning`. A split of arrays (already small) is returned unchanged.
     """
-    from .progress import tqdm
-
     from .data import ImageSplit, open_image
+    from .progress import tqdm
     from .train import cached_array, split_fingerprint
 
     if isinstance(split.images, np.ndarray) or not len(split):
