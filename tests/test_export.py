@@ -212,12 +212,12 @@ def test_tampered_or_truncated_weights_are_refused(clothing_model, tmp_path, dam
 
 def test_damaged_safetensors_header_is_refused(clothing_model, tmp_path):
     """A header that is not safetensors (digest updated to match) fails as a model-file error, not in Rust."""
-    from tutorial_lib.export import sha256_file
+    from tutorial_lib._io import file_sha256
 
     folder = _copy(clothing_model["folder"], tmp_path)
     weights = folder / "model.safetensors"
     weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:])
-    _edit_meta(folder, weights_sha256=sha256_file(weights))
+    _edit_meta(folder, weights_sha256=file_sha256(weights))
     with pytest.raises(ModelFileError, match="not a readable safetensors file"):
         load_model(folder)
 

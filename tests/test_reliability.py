@@ -33,6 +33,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from PIL import Image
 from torch.utils.data import TensorDataset
 
+from tutorial_lib import _io
 import tutorial_lib.data as tld
 import tutorial_lib.env as tle
 import tutorial_lib.models as tlm
@@ -410,10 +411,10 @@ def test_cache_write_interrupted_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        tlt.cached_array(tmp_path, {"k": 1}, lambda: np.arange(5.0))
+        _io.cached_array(_io.cache_file(tmp_path, {"k": 1}), lambda: np.arange(5.0))
     assert not any(tmp_path.iterdir())  # neither a partial entry nor a temporary file
     monkeypatch.setattr(np, "save", real_save)
-    assert np.array_equal(tlt.cached_array(tmp_path, {"k": 1}, lambda: np.arange(5.0)), np.arange(5.0))
+    assert np.array_equal(_io.cached_array(_io.cache_file(tmp_path, {"k": 1}), lambda: np.arange(5.0)), np.arange(5.0))
     assert len(list(tmp_path.glob("*.npy"))) == 1
 
 

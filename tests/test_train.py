@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from tutorial_lib import _io
 import tutorial_lib.models as tlm
 import tutorial_lib.train as tlt
 from tutorial_lib.data import ImageSplit
@@ -59,23 +60,23 @@ def test_cached_array_hits_and_misses(tmp_path):
         calls.append(1)
         return np.arange(4.0)
 
-    a = tlt.cached_array(tmp_path, {"k": 1}, compute)
-    b = tlt.cached_array(tmp_path, {"k": 1}, compute)
-    c = tlt.cached_array(tmp_path, {"k": 2}, compute)
+    a = _io.cached_array(_io.cache_file(tmp_path, {"k": 1}), compute)
+    b = _io.cached_array(_io.cache_file(tmp_path, {"k": 1}), compute)
+    c = _io.cached_array(_io.cache_file(tmp_path, {"k": 2}), compute)
     assert np.array_equal(a, b) and np.array_equal(a, c) and len(calls) == 2
     for entry in tmp_path.glob("*.npy"):  # damaged entries are recomputed, never trusted
         entry.write_bytes(b"garbage")
-    assert np.array_equal(tlt.cached_array(tmp_path, {"k": 1}, compute), a) and len(calls) == 3
+    assert np.array_equal(_io.cached_array(_io.cache_file(tmp_path, {"k": 1}), compute), a) and len(calls) == 3
     assert not list(tmp_path.glob(".*"))  # no temporary files left behind
 
 
 def test_fingerprint_follows_the_data():
     images = np.zeros((4, 8, 8, 3), np.uint8)
-    a = tlt.split_fingerprint(ImageSplit(images, np.array([0, 1, 0, 1])))
-    b = tlt.split_fingerprint(ImageSplit(images, np.array([0, 1, 1, 1])))
+    a = _io.fingerprint(images, np.array([0, 1, 0, 1]))
+    b = _io.fingerprint(images, np.array([0, 1, 1, 1]))
     images2 = images.copy()
     images2[0, 0, 0, 0] = 1
-    c = tlt.split_fingerprint(ImageSplit(images2, np.array([0, 1, 0, 1])))
+    c = _io.fingerprint(images2, np.array([0, 1, 0, 1]))
     assert len({a, b, c}) == 3
 
 

@@ -21,7 +21,7 @@ import tutorial_lib.report as tlr
 import tutorial_lib.runner as tlrun
 import tutorial_lib.train as tlt
 from conftest import write_image
-from tutorial_lib.files import atomic_path, atomic_write_text, default_mode
+from tutorial_lib._io import atomic_path, atomic_save, atomic_write_text, default_mode
 
 CPU = torch.device("cpu")
 
@@ -334,7 +334,7 @@ def test_written_files_get_the_umask_permissions(tmp_path):
     old = os.umask(0o027)
     try:
         atomic_write_text(tmp_path / "results.json", "{}")
-        tlt.atomic_save({"a": torch.ones(1)}, tmp_path / "x.pt")
+        atomic_save({"a": torch.ones(1)}, tmp_path / "x.pt")
         with atomic_path(tmp_path / "a.npy", suffix=".npy") as tmp:
             np.save(tmp, np.zeros(2))
         assert default_mode() == 0o640

@@ -14,17 +14,17 @@ Each classification set comes back as a :class:`ClassificationData` with
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import warnings
 import zipfile
 from dataclasses import dataclass, field, replace as _replace
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from ._io import file_sha256
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -336,15 +336,6 @@ def _read_manifest(data_dir: Path) -> dict[str, str]:
     return entries
 
 
-@lru_cache(maxsize=None)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_embedded(prefix: str, data_dir: Path | None = None) -> list[Path]:
     """Check every manifest entry under ``prefix`` (e.g. ``"clothing/"``); return the verified files.
 
@@ -360,8 +351,7 @@ def verify_embedded(prefix: str, data_dir: Path | None = None) -> list[Path]:
         if not path.exists():
             bad.append(f"{rel} (missing)")
             continue
-        stat = path.stat()
-        if _sha256(str(path), stat.st_size, stat.st_mtime_ns) != expected:
+        if file_sha256(path) != expected:
             bad.append(f"{rel} (checksum mismatch)")
         else:
             good.append(path)

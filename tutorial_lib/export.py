@@ -16,7 +16,6 @@ header, a missing class list and a folder written by another major version of th
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 from . import __version__, preprocess
-from .files import atomic_path, atomic_write_text
+from ._io import atomic_path, atomic_write_text, file_sha256
 from .models import Backbone
 
 FORMAT = "tutorial_lib.model"
@@ -43,15 +42,6 @@ _STEPS = {cls.__name__: cls for cls in (preprocess.ToRGB, preprocess.Resize, pre
 
 class ModelFileError(ValueError):
     """A saved model folder is missing, damaged, tampered with or from another library version."""
-
-
-def sha256_file(path: Path) -> str:
-    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _steps_to_json(steps: Any, backbone_transform: str = "") -> list[dict[str, Any]]:
@@ -186,7 +176,7 @@ def save_model(model: Any, path: str | Path, *, classes: Sequence[str], image_si
     weights = folder / WEIGHTS_FILE
     with atomic_path(weights) as tmp:
         save_file(_state_to_save(backbone), str(tmp), metadata={"format": FORMAT})
-    meta["weights_sha256"] = sha256_file(weights)
+    meta["weights_sha256"] = file_sha256(weights)
     atomic_write_text(folder / META_FILE, json.dumps(meta, indent=1) + "\n")
     return folder
 
@@ -330,7 +320,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> Exported
     folder = _model_folder(path)
     meta = _read_meta(folder)
     weights = folder / WEIGHTS_FILE
-    if sha256_file(weights) != meta.get("weights_sha256"):
+    if file_sha256(weights) != meta.get("weights_sha256"):
         raise ModelFileError(f"{weights} does not match the SHA-256 recorded in {META_FILE}: it is truncated, "
                              "damaged or was changed after saving. Fix: copy the model folder again, or save it again.")
     try:

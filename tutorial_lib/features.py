@@ -17,10 +17,7 @@ CNNs are measured against, done as well as the tutorial can.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -29,7 +26,7 @@ import pandas as pd
 from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .files import atomic_path
+from ._io import cached_array, fingerprint
 
 FEATURES_VERSION = 1  # bump when a descriptor's output changes for the same parameters: old cache entries miss
 
@@ -295,23 +292,11 @@ class ImageFeatures(TransformerMixin, BaseEstimator):
         from . import __version__
 
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in ("n_jobs", "cache_dir", "chunk_size", "progress")}
-        digest = hashlib.sha256()
-        digest.update(repr((FEATURES_VERSION, __version__, skimage.__version__, PIL.__version__, np.__version__,
-                            _canonical(params))).encode())
-        digest.update(_content_digest(_items(X)).encode())
-        return digest.hexdigest()[:32]
+        return fingerprint(repr((FEATURES_VERSION, __version__, skimage.__version__, PIL.__version__, np.__version__,
+                                 _canonical(params))), _items(X), length=32)
 
     def transform(self, X: Any) -> np.ndarray:
-        path = self.cache_path(X)
-        if path is not None and path.exists():
-            try:
-                return np.load(path, allow_pickle=False)
-            except (ValueError, OSError, EOFError):
-                path.unlink(missing_ok=True)  # a damaged cache entry is recomputed, never trusted
-        features = self._extract(_items(X))
-        if path is not None:
-            _atomic_save(path, features)
-        return features
+        return cached_array(self.cache_path(X), lambda: self._extract(_items(X)))
 
     def _extract(self, items: Sequence[ImageLike]) -> np.ndarray:
         from joblib import Parallel, delayed
@@ -379,40 +364,6 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     return repr(value)  # dataclass transforms list their fields; a lambda's repr changes every session (a miss)
-
-
-@lru_cache(maxsize=None)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _content_digest(items: Sequence[ImageLike]) -> str:
-    """Hash of the images themselves: file bytes for paths, pixel bytes for arrays and PIL images."""
-    digest = hashlib.sha256()
-    if isinstance(items, np.ndarray):
-        digest.update(repr((items.shape, str(items.dtype))).encode())
-        digest.update(np.ascontiguousarray(items).tobytes())
-        return digest.hexdigest()
-    for item in items:
-        if isinstance(item, (str, Path)):
-            stat = os.stat(item)
-            digest.update(_file_digest(str(item), stat.st_size, stat.st_mtime_ns).encode())
-        elif isinstance(item, Image.Image):
-            digest.update(repr((item.mode, item.size)).encode())
-            digest.update(item.tobytes())
-        else:
-            array = np.ascontiguousarray(item)
-            digest.update(repr((array.shape, str(array.dtype))).encode())
-            digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    """Write ``array`` to ``path`` so a reader sees the whole file or none (temporary file, then rename)."""
-    with atomic_path(path, suffix=".npy.tmp") as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
 
 
 def stack_features(extractor: "ImageFeatures", splits: Sequence[Any], views: Sequence[Any] = (None,)

@@ -15,7 +15,6 @@ a half-written chunk is written again. ``manifest.json`` appears when everything
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .files import atomic_write_text
+from ._io import atomic_write_text, fingerprint
 from .data import (REGISTRY, ClassificationData, DataError, ImageSplit, cache_dir, fetch, load_dataset,
                    load_registered, load_retinamnist)
 
@@ -143,19 +142,11 @@ def _try_process(args: tuple[Any, int, str]) -> tuple[np.ndarray | None, str]:
 
 
 def _fingerprint(data: ClassificationData, size: int, crop: str) -> str:
-    """What the prepared arrays depend on: settings, classes, labels, and each image's path, size and mtime."""
-    digest = hashlib.sha256(json.dumps({"size": size, "crop": crop, "classes": data.classes,
-                                        "version": PREPARED_VERSION}).encode())
+    """What the prepared arrays depend on: settings, classes, labels, and the images' content."""
+    parts = [{"size": size, "crop": crop, "classes": data.classes, "version": PREPARED_VERSION}]
     for name in SPLITS:
-        split = data.splits[name]
-        if isinstance(split.images, np.ndarray):
-            digest.update(np.ascontiguousarray(split.images).data)
-        else:
-            for path in split.images:  # size and modification time: a photo replaced under its name counts
-                stat = os.stat(path)
-                digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        digest.update(np.ascontiguousarray(split.labels).data)
-    return digest.hexdigest()[:16]
+        parts += [data.splits[name].images, data.splits[name].labels]
+    return fingerprint(*parts)
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:

@@ -510,7 +510,7 @@ def prepare_split(split, step: Any, size: int, *, cache_dir: Path | None = None,
     """
     from .data import ImageSplit, open_image
     from .progress import tqdm
-    from .train import cached_array, split_fingerprint
+    from ._io import cache_file, cached_array, fingerprint
 
     if isinstance(split.images, np.ndarray) or not len(split):
         return split
@@ -529,9 +529,9 @@ def prepare_split(split, step: Any, size: int, *, cache_dir: Path | None = None,
         flags["missed"] = missed
         return out
 
-    key = {"prepared": repr(step), "size": int(size), "data": split_fingerprint(split), "version": 1}
-    images = cached_array(cache_dir, key, compute)
-    missed = cached_array(cache_dir, {**key, "part": "no disc found"},
+    key = {"prepared": repr(step), "size": int(size), "data": fingerprint(split.images, split.labels), "version": 1}
+    images = cached_array(cache_file(cache_dir, key) if cache_dir else None, compute)
+    missed = cached_array(cache_file(cache_dir, {**key, "part": "no disc found"}) if cache_dir else None,
                           lambda: flags["missed"] if flags else (compute(), flags["missed"])[1])
     if missed.any():
         warnings.warn(f"{desc}: no fundus disc found in {int(missed.sum())} of {len(split)} photographs; "

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .files import atomic_write_text  # noqa: F401  (re-exported: notebooks and jobs import it from here)
+from ._io import atomic_write_text  # noqa: F401  (re-exported: notebooks and jobs import it from here)
 
 TASKS = ("dr", "clothing", "tagging")
 METHODS = ("majority_class", "svm", "linear_probe", "finetune_top", "finetune_top_ensemble", "finetune_full", "independent_heads", "cnn_lstm")

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import os
 import pickle
 import random
 import re
-import warnings
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -40,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
 
 from .data import ImageDataset, ImageSplit
-from .files import atomic_path
+from ._io import atomic_save, cache_file, cached_array, fingerprint
 from .env import explains_out_of_memory, make_generator, seed_everything, seed_worker
 from .models import Backbone
 
@@ -164,48 +162,6 @@ def top_stages(backbone: Backbone, n: int) -> str:
     if not 1 <= n <= len(backbone.stages):
         raise ValueError(f"n must be between 1 and {len(backbone.stages)} for {backbone.name}")
     return backbone.stages[-n]
-
-
-# --------------------------------------------------------------------------- atomic files and caching
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a kill mid-write leaves the old file intact."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
-        stale.unlink(missing_ok=True)
-
-
-def split_fingerprint(split: ImageSplit) -> str:
-    """A short hash that changes when the images or labels of a split change."""
-    digest = hashlib.sha256()
-    if isinstance(split.images, np.ndarray):
-        digest.update(np.ascontiguousarray(split.images).data)
-    else:
-        for path in split.images:
-            stat = Path(path).stat()
-            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    digest.update(np.ascontiguousarray(split.labels).data)
-    return digest.hexdigest()[:16]
-
-
-def cached_array(cache_dir: Path | None, key: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """Return ``compute()``, stored under ``cache_dir`` by a hash of ``key`` and re-used next time."""
-    if cache_dir is None:
-        return compute()
-    name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    path = Path(cache_dir) / f"{name}.npy"
-    if path.exists():
-        try:
-            return np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError):
-            path.unlink(missing_ok=True)  # a damaged cache entry is recomputed, never trusted
-    array = compute()
-    with atomic_path(path, suffix=".npy") as tmp:
-        np.save(tmp, array, allow_pickle=False)
-    return array
 
 
 # --------------------------------------------------------------------------- activations of a frozen trunk
@@ -363,9 +319,9 @@ class FrozenTrunk:
 
         pipeline = self.transform if view == "identity" else transforms.Compose([View(view), self.transform])
         key = {"backbone": self.backbone.name, "weights": self.backbone.weights, "cut": self.cut,
-               "transform": repr(self.transform), "view": view, "data": split_fingerprint(split), "version": 5,
+               "transform": repr(self.transform), "view": view, "data": fingerprint(split.images, split.labels),
                "precision": self.precision}
-        return cached_array(self.cache_dir, key, lambda: compute_activations(
+        return cached_array(cache_file(self.cache_dir, key) if self.cache_dir else None, lambda: compute_activations(
             self.trunk, split, pipeline, self.device, batch_size=self.batch_size, num_workers=self.num_workers,
             desc=f"{self.backbone.name} up to {self.cut} ({view}, {self.precision})", dtype=torch.float16,
             precision=self.precision))
