@@ -45,7 +45,7 @@ def run(cfg: tlt.TrainConfig, device: torch.device, checkpoint: Path | None = No
         stop_after_epoch: int | None = None) -> tuple[nn.Module, "object"]:
     train, val = problem()
     net = model()
-    history = tlt.fit(net, train, val, cfg, device, head_prefixes=["6"], n_classes=5,
+    history = tlt.fit_classifier(net, train, val, cfg, device, head_prefixes=["6"], n_classes=5,
                       train_labels=train.tensors[1].numpy(), checkpoint=checkpoint,
                       stop_after_epoch=stop_after_epoch, progress=False)
     return net, history

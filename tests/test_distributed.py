@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
+import tutorial_lib.checkpoint as tck
 import tutorial_lib.distributed as tldist
 import tutorial_lib.train as tlt
 from tutorial_lib.env import make_generator
@@ -105,7 +106,7 @@ def test_accumulation_matches_one_large_batch():
         net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
         cfg = tlt.TrainConfig(epochs=4, batch_size=16, lr_head=1e-2, lr_backbone=1e-2, seed=0,
                               accumulate_steps=accumulate)  # class-balanced, label-smoothed loss (the defaults)
-        history = tlt.fit(net, train, val, cfg, torch.device("cpu"), head_prefixes=["2"], n_classes=3,
+        history = tlt.fit_classifier(net, train, val, cfg, torch.device("cpu"), head_prefixes=["2"], n_classes=3,
                           train_labels=y[:90], progress=False)
         return net.state_dict(), history
 
@@ -134,7 +135,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, single_process_run):
 
 def test_interrupted_ddp_run_resumes_to_the_single_process_result(tmp_path, single_process_run):
     _torchrun(tmp_path, "--interrupt")
-    checkpoint = tlt.load_checkpoint(tmp_path / "run.pt")
+    checkpoint = tck.load_checkpoint(tmp_path / "run.pt")
     assert len(checkpoint["rng_ranks"]) == 2 and checkpoint["epoch"] == 2
     ddp_weights = torch.load(tmp_path / "weights.pt", weights_only=True)
     assert _max_weight_difference(single_process_run[0], ddp_weights) < WEIGHT_TOL
@@ -155,4 +156,4 @@ def test_cli_train_under_torchrun_with_a_real_backbone(tmp_path):
     summary = __import__("json").loads(results.read_text())
     assert summary["world_size"] == 2 and summary["config"]["accumulate_steps"] == 2
     assert summary["sizes"]["train"] == 16 and len(summary["history"]) == 1
-    assert len(tlt.load_checkpoint(tmp_path / "run.pt")["rng_ranks"]) == 2
+    assert len(tck.load_checkpoint(tmp_path / "run.pt")["rng_ranks"]) == 2

@@ -35,11 +35,10 @@ def _train(data, size: int, n_train: int, n_test: int, stages: int, **transform_
     backbone = tl.models.load_backbone("efficientnet_lite0", num_classes=len(data.classes))
     pre = tl.preprocess.clothing_pipeline(size, fill=tl.preprocess.pad_colour(backbone.data_config))
     tf = transforms.Compose([pre, tl.models.make_transform(backbone, input_size=(3, size, size), **transform_options)])
-    frozen = tl.train.FrozenTrunk(backbone, tl.train.top_stages(backbone, stages), tf, CPU, batch_size=8,
+    frozen = tl.frozen.FrozenTrunk(backbone, tl.frozen.cut_before_last(backbone, stages), tf, CPU, batch_size=8,
                                   precision="float32")
     result = tl.train.finetune_top(frozen, splits, tl.train.TrainConfig(epochs=2, batch_size=8, seed=0),
-                                   n_classes=len(data.classes), train_views=("identity",), progress=False,
-                                   precision="float32")
+                                   n_classes=len(data.classes), train_views=("identity",), progress=False)
     return backbone, pre, tf, splits, result
 
 
@@ -57,8 +56,8 @@ def dr_model(tmp_path_factory):
     data = tl.data.load_dataset("retinamnist")
     backbone, pre, _, splits, result = _train(data, 32, 16, 10, 1)
     # cut points inside the range of this tiny model's expected grades (the notebook fits them with
-    # tl.train.ordinal_predictions on the validation split), so that the rule decides something here
-    thresholds = np.quantile(tl.train.expected_grade(result.probs["val"]), [0.2, 0.4, 0.6, 0.8])
+    # tl.grades.ordinal_predictions on the validation split), so that the rule decides something here
+    thresholds = np.quantile(tl.grades.expected_grade(result.probs["val"]), [0.2, 0.4, 0.6, 0.8])
     root = tmp_path_factory.mktemp("dr")
     paths = []
     for i in range(len(splits["test"])):  # the 28 px retinas as PNG files, as a user would have them
@@ -145,11 +144,11 @@ def test_dr_model_uses_its_thresholds_and_reports_the_expected_grade(dr_model):
     assert "expected_grade" in table.columns
     probs = _probs(table, dr_model["classes"])
     np.testing.assert_allclose(probs, dr_model["result"].probs["test"], atol=2e-3)
-    np.testing.assert_allclose(table["expected_grade"], tl.train.expected_grade(probs), atol=1e-9)
+    np.testing.assert_allclose(table["expected_grade"], tl.grades.expected_grade(probs), atol=1e-9)
     assert load_model(dr_model["folder"]).meta["thresholds"] == pytest.approx(list(dr_model["thresholds"]))
-    grades = tl.train.apply_thresholds(table["expected_grade"].to_numpy(), dr_model["thresholds"])
+    grades = tl.grades.apply_thresholds(table["expected_grade"].to_numpy(), dr_model["thresholds"])
     assert table["prediction"].tolist() == [dr_model["classes"][g] for g in grades]
-    notebook = tl.train.apply_thresholds(tl.train.expected_grade(dr_model["result"].probs["test"]),
+    notebook = tl.grades.apply_thresholds(tl.grades.expected_grade(dr_model["result"].probs["test"]),
                                          dr_model["thresholds"])
     assert (grades == notebook).mean() >= 0.9  # an expected grade within 2e-3 of a cut may fall either side
     assert len(set(grades)) > 1 and (grades != probs.argmax(1)).any()  # the cut points decided, not argmax

@@ -33,6 +33,8 @@ from nbformat.v4 import new_code_cell, new_notebook
 from PIL import Image
 from torch.utils.data import TensorDataset
 
+import tutorial_lib.profiles as tlprof
+import tutorial_lib.checkpoint as tck
 from tutorial_lib import _io
 import tutorial_lib.data as tld
 import tutorial_lib.env as tle
@@ -310,7 +312,7 @@ _TRAIN_CHILD = textwrap.dedent('''
 
     def run(checkpoint):
         m = model()
-        history = tlt.fit(m, train, val, config, torch.device("cpu"), head_prefixes=["3"], n_classes=3,
+        history = tlt.fit_classifier(m, train, val, config, torch.device("cpu"), head_prefixes=["3"], n_classes=3,
                           train_labels=y[:90], checkpoint=checkpoint, progress=False)
         return {"history": history[["train_loss", "val_accuracy", "val_score"]].values.tolist(),
                 "weights": [v.flatten().tolist() for v in m.state_dict().values()]}
@@ -360,7 +362,7 @@ def test_sigkill_mid_epoch_and_mid_write_resume_to_the_same_result(tmp_path):
     assert killed.wait(30) == -signal.SIGKILL
     assert in_write.wait(120) == -signal.SIGKILL, in_write.communicate()[0].decode()[-2000:]
     # what the kills left: complete checkpoints of epoch 2, and (mid-write) a half-written temporary file
-    assert tlt.load_checkpoint(mid_epoch)["epoch"] == 1 and tlt.load_checkpoint(mid_write)["epoch"] == 1
+    assert tck.load_checkpoint(mid_epoch)["epoch"] == 1 and tck.load_checkpoint(mid_write)["epoch"] == 1
     assert list(tmp_path.glob(".mid_write.pt.*.tmp"))
     out = tmp_path / "compare.json"
     compare = _child(script, "compare", f"{mid_epoch},{mid_write}", str(out))
@@ -372,7 +374,7 @@ def test_sigkill_mid_epoch_and_mid_write_resume_to_the_same_result(tmp_path):
         assert np.allclose(result[name]["history"], straight["history"], rtol=0, atol=1e-6)
         for a, b in zip(result[name]["weights"], straight["weights"]):
             assert np.allclose(a, b, rtol=0, atol=1e-6)
-    assert tlt.load_checkpoint(mid_write)["epoch"] == 4
+    assert tck.load_checkpoint(mid_write)["epoch"] == 4
     assert not list(tmp_path.glob(".*.tmp"))  # the re-run cleaned up after the killed writer
 
 
@@ -393,13 +395,13 @@ def test_damaged_checkpoint_starts_afresh(tmp_path):
     train, val = _toy()
     ckpt = tmp_path / "run.pt"
     ckpt.write_bytes(b"PK\3\4 half a zip")  # what a non-atomic writer killed mid-write leaves
-    with pytest.raises(tlt.CheckpointError, match=r"(?s)run\.pt is not a readable checkpoint.*Delete it"):
-        tlt.load_checkpoint(ckpt)
+    with pytest.raises(tck.CheckpointError, match=r"(?s)run\.pt is not a readable checkpoint.*Delete it"):
+        tck.load_checkpoint(ckpt)
     config = tlt.TrainConfig(epochs=2, batch_size=8, seed=0)
     with pytest.warns(UserWarning, match="(?s)run.pt is not a readable checkpoint.*Starting afresh"):
-        history = tlt.fit(_toy_model(), train, val, config, torch.device("cpu"), n_classes=2, checkpoint=ckpt,
+        history = tlt.fit_classifier(_toy_model(), train, val, config, torch.device("cpu"), n_classes=2, checkpoint=ckpt,
                           progress=False)
-    assert list(history["epoch"]) == [1, 2] and tlt.load_checkpoint(ckpt)["epoch"] == 1
+    assert list(history["epoch"]) == [1, 2] and tck.load_checkpoint(ckpt)["epoch"] == 1
 
 
 def test_cache_write_interrupted_leaves_no_file(tmp_path, monkeypatch):
@@ -536,7 +538,7 @@ def test_damaged_googlenet_weights_are_downloaded_again(tmp_path, monkeypatch):
     torch.manual_seed(0)
     state = googlenet(weights=None, aux_logits=True, init_weights=True).state_dict()
 
-    def download(url, dst, **kwargs):
+    def download(url, dst, *args, **kwargs):
         torch.save(state, dst)
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", download)
@@ -588,8 +590,8 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "extra": Payload()}, path)  # a full pickle: loading it would run Path.touch
-    with pytest.raises(tlt.CheckpointError, match=r"evil\.pt holds Python objects other than tensors.*can run code"):
-        tlt.load_checkpoint(path)
+    with pytest.raises(tck.CheckpointError, match=r"evil\.pt holds Python objects other than tensors.*can run code"):
+        tck.load_checkpoint(path)
     assert not marker.exists()
 
 
@@ -711,12 +713,12 @@ def test_out_of_memory_suggests_a_smaller_batch(tmp_path):
     train, val = _toy()
     config = tlt.TrainConfig(epochs=1, batch_size=16, seed=0)
     with pytest.raises(tle.OutOfMemory, match=r"batch size 16\. Fix: re-run with batch size 8 .*batch_size=8") as err:
-        tlt.fit(_MemoryHungry(limit=8), train, val, config, torch.device("cpu"), n_classes=2, progress=False,
+        tlt.fit_classifier(_MemoryHungry(limit=8), train, val, config, torch.device("cpu"), n_classes=2, progress=False,
                 checkpoint=tmp_path / "run.pt")
     assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
     assert "checkpoint of the last finished epoch is kept" in str(err.value)
     # the advice works: half the batch fits (fit validates in batches of at least 128, hence that limit)
-    history = tlt.fit(_MemoryHungry(limit=128), train, val, tlt.TrainConfig(epochs=1, batch_size=8, seed=0),
+    history = tlt.fit_classifier(_MemoryHungry(limit=128), train, val, tlt.TrainConfig(epochs=1, batch_size=8, seed=0),
                       torch.device("cpu"), n_classes=2, progress=False)
     assert len(history) == 1
     assert "batch is already 1" in tle.out_of_memory_advice(1, torch.device("cuda"))
@@ -748,7 +750,7 @@ def test_no_gpu_falls_back_to_cpu_with_a_note(monkeypatch):
         assert tle.get_device("cuda:0") == torch.device("cpu")
     with pytest.warns(UserWarning, match="MPS is not available: using the CPU"):
         assert tle.get_device("mps") == torch.device("cpu")
-    assert tlt.get_profile("auto", torch.device("cpu")).name == "default"  # the CPU-sized profile
+    assert tlprof.get_profile("auto", torch.device("cpu")).name == "default"  # the CPU-sized profile
 
 
 def test_gpu_index_beyond_the_machine_is_refused(monkeypatch):

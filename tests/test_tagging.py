@@ -1,6 +1,8 @@
 """The tag vocabulary, the CNN-LSTM tagger, its decoders and training loop (notebook 05), on tiny models."""
 from __future__ import annotations
 
+import math
+
 import warnings
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+import tutorial_lib.checkpoint as tck
 import tutorial_lib.tagging as tg
 from tutorial_lib.features import tag_metrics
 
@@ -165,13 +168,29 @@ def test_beam_of_one_is_greedy(vocab, constrained):
     assert torch.equal(greedy, beam)
 
 
+@torch.no_grad()
+def sequence_log_prob(model: tg.CNNLSTMTagger, acts: torch.Tensor, tokens: torch.Tensor, *,
+                      constrained: bool = True) -> torch.Tensor:
+    """A test oracle: the decoder's log-probability ``(batch,)`` of given tag sequences (without ``<start>``), scored as the
+    decoders score them: each step renormalised over its allowed tokens; ``<pad>`` after ``<end>`` costs nothing."""
+    model.eval()
+    start = torch.full_like(tokens[:, :1], tg.START_ID)
+    logits = model(acts, torch.cat([start, tokens[:, :-1]], dim=1))  # (batch, T, vocab)
+    total = torch.zeros(len(tokens), device=tokens.device)
+    for step in range(tokens.shape[1]):
+        logp = logits[:, step].masked_fill(~tg._allowed(model, step, constrained), -math.inf).log_softmax(1)
+        picked = logp.gather(1, tokens[:, step:step + 1])[:, 0]
+        total += torch.where(tokens[:, step] == tg.PAD_ID, torch.zeros_like(picked), picked)
+    return total
+
+
 def test_beam_search_finds_sequences_at_least_as_likely_as_greedy(vocab):
     model = tiny_lstm(vocab, seed=3).eval()
     acts = torch.randn(16, 6)
     greedy = tg.greedy_decode(model, acts)
     beam, beam_scores = tg.beam_search(model, acts, beam_size=4)
-    greedy_scores = tg.sequence_log_prob(model, acts, greedy)
-    assert torch.allclose(tg.sequence_log_prob(model, acts, beam), beam_scores, atol=1e-5)
+    greedy_scores = sequence_log_prob(model, acts, greedy)
+    assert torch.allclose(sequence_log_prob(model, acts, beam), beam_scores, atol=1e-5)
     assert (beam_scores >= greedy_scores - 1e-5).all()
 
 
@@ -234,7 +253,7 @@ def test_training_resumes_from_its_checkpoint(vocab, tmp_path):
         other = tg.fit_tagger(tiny_lstm(vocab), (acts, ids), (acts, ids), tg.TaggerConfig(epochs=1, batch_size=4),
                               torch.device("cpu"), checkpoint=checkpoint, progress=False)
     assert len(other) == 1  # different settings: the old checkpoint is not used, and not destroyed either
-    assert tg.load_checkpoint(tmp_path / "tagger.pt.bak")["epoch"] == 2
+    assert tck.load_checkpoint(tmp_path / "tagger.pt.bak")["epoch"] == 2
 
 
 def test_tagger_precision_is_resolved_used_and_part_of_the_checkpoint(vocab, tmp_path, monkeypatch):
@@ -248,7 +267,7 @@ def test_tagger_precision_is_resolved_used_and_part_of_the_checkpoint(vocab, tmp
         assert len(runs[precision]) == 2  # the other precision's checkpoint was not resumed
     assert not np.allclose(runs["float32"]["train_loss"], runs["bfloat16"]["train_loss"])
     # "auto" is whichever the hardware computes natively, and resumes that run's checkpoint
-    monkeypatch.setattr("tutorial_lib.train.native_bfloat16", lambda device: True)
+    monkeypatch.setattr("tutorial_lib.env.native_bfloat16", lambda device: True)
     auto = tg.fit_tagger(tiny_lstm(vocab, seed=9), (acts, ids), (acts, ids),
                          tg.TaggerConfig(epochs=2, batch_size=4, warmup_epochs=0), torch.device("cpu"),
                          checkpoint=tmp_path / "tagger.pt", progress=False)

@@ -6,6 +6,12 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+import tutorial_lib.loop as tlloop
+import tutorial_lib.grades as tlg
+import tutorial_lib.profiles as tlprof
+import tutorial_lib.env as tle
+import tutorial_lib.frozen as tlfr
+import tutorial_lib.checkpoint as tck
 from tutorial_lib import _io
 import tutorial_lib.models as tlm
 import tutorial_lib.train as tlt
@@ -32,7 +38,7 @@ def test_trunk_then_top_equals_the_whole_network(request, fixture, cut):
     backbone = request.getfixturevalue(fixture)
     backbone.model.eval()
     x = torch.randn(2, 3, 96, 96)
-    trunk, top = tlt.split_model(backbone, cut)
+    trunk, top = tlfr.split_model(backbone, cut)
     top.eval()
     with torch.no_grad():
         assert torch.allclose(top(trunk(x)), backbone.model(x), atol=1e-4)
@@ -44,13 +50,13 @@ def test_trunk_then_top_equals_the_whole_network(request, fixture, cut):
 
 def test_unknown_cut_is_named(lite0):
     with pytest.raises(ValueError, match="'blocks.99' is not a stage"):
-        tlt.split_model(lite0, "blocks.99")
+        tlfr.split_model(lite0, "blocks.99")
 
 
 def test_top_stages(lite0):
-    assert tlt.top_stages(lite0, 1) == "conv_head" and tlt.top_stages(lite0, 2) == "blocks.6"
+    assert tlfr.cut_before_last(lite0, 1) == "conv_head" and tlfr.cut_before_last(lite0, 2) == "blocks.6"
     with pytest.raises(ValueError):
-        tlt.top_stages(lite0, 99)
+        tlfr.cut_before_last(lite0, 99)
 
 
 def test_cached_array_hits_and_misses(tmp_path):
@@ -96,7 +102,7 @@ def _toy_model():
 def test_fit_learns_and_returns_a_history():
     train, val = _toy_problem()
     config = tlt.TrainConfig(epochs=15, batch_size=16, lr_head=1e-2, lr_backbone=1e-2, seed=0)
-    history = tlt.fit(_toy_model(), train, val, config, torch.device("cpu"), head_prefixes=["3"], n_classes=3,
+    history = tlt.fit_classifier(_toy_model(), train, val, config, torch.device("cpu"), head_prefixes=["3"], n_classes=3,
                       train_labels=train.tensors[1].numpy(), progress=False)
     assert list(history["epoch"]) == list(range(1, 16))
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
@@ -108,39 +114,40 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     config = tlt.TrainConfig(epochs=6, batch_size=16, lr_head=1e-2, lr_backbone=1e-3, seed=3)
     kwargs = dict(head_prefixes=["3"], n_classes=3, train_labels=train.tensors[1].numpy(), progress=False)
     straight = _toy_model()
-    h1 = tlt.fit(straight, train, val, config, torch.device("cpu"), **kwargs)
+    h1 = tlt.fit_classifier(straight, train, val, config, torch.device("cpu"), **kwargs)
     ckpt = tmp_path / "run.pt"
     resumed = _toy_model()
-    tlt.fit(resumed, train, val, config, torch.device("cpu"), checkpoint=ckpt, stop_after_epoch=2, **kwargs)
-    assert tlt.load_checkpoint(ckpt)["epoch"] == 1  # epochs 1 and 2 done (0-based 1)
+    tlt.fit_classifier(resumed, train, val, config, torch.device("cpu"), checkpoint=ckpt, stop_after_epoch=2, **kwargs)
+    assert tck.load_checkpoint(ckpt)["epoch"] == 1  # epochs 1 and 2 done (0-based 1)
     resumed = _toy_model()  # a fresh process would start from scratch weights, then load the checkpoint
-    h2 = tlt.fit(resumed, train, val, config, torch.device("cpu"), checkpoint=ckpt, **kwargs)
+    h2 = tlt.fit_classifier(resumed, train, val, config, torch.device("cpu"), checkpoint=ckpt, **kwargs)
     assert np.allclose(h1["train_loss"], h2["train_loss"]) and np.allclose(h1["val_accuracy"], h2["val_accuracy"])
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
 
 
 def test_bfloat16_training_on_the_cpu_learns_resumes_exactly_and_differs_from_float32(tmp_path):
-    """amp on a CPU means bfloat16 autocast (used for the top where the CPU computes bf16 natively): it must
+    """bfloat16 on a CPU means bfloat16 autocast (used for the top where the CPU computes bf16 natively): it must
     really run in bf16, still learn, and resume from a checkpoint to the same weights."""
-    with tlt._autocast(torch.device("cpu"), True):
+    with tle.autocast(torch.device("cpu"), "bfloat16"):
         assert torch.nn.Linear(4, 2)(torch.randn(3, 4)).dtype == torch.bfloat16
-    with tlt._autocast(torch.device("cpu"), True, "float16"):  # float16 autocast is a GPU feature: plain float32
+    with tle.autocast(torch.device("cpu"), "float16"):  # float16 autocast is a GPU feature: plain float32
         assert torch.nn.Linear(4, 2)(torch.randn(3, 4)).dtype == torch.float32
     train, val = _toy_problem()
     kwargs = dict(head_prefixes=["3"], n_classes=3, train_labels=train.tensors[1].numpy(), progress=False)
     histories, models = {}, {}
     for amp in (False, True):
-        config = tlt.TrainConfig(epochs=15, batch_size=16, lr_head=1e-2, lr_backbone=1e-2, seed=0, amp=amp)
+        config = tlt.TrainConfig(epochs=15, batch_size=16, lr_head=1e-2, lr_backbone=1e-2, seed=0,
+                                 precision="bfloat16" if amp else "float32")
         models[amp] = _toy_model()
-        histories[amp] = tlt.fit(models[amp], train, val, config, torch.device("cpu"), **kwargs)
+        histories[amp] = tlt.fit_classifier(models[amp], train, val, config, torch.device("cpu"), **kwargs)
     assert not np.allclose(histories[True]["train_loss"], histories[False]["train_loss"])  # bf16 really used
     assert histories[True]["val_accuracy"].max() > 0.7
     assert all(p.dtype == torch.float32 for p in models[True].parameters())  # weights stay float32
     ckpt = tmp_path / "bf16.pt"
-    tlt.fit(_toy_model(), train, val, config, torch.device("cpu"), checkpoint=ckpt, stop_after_epoch=2, **kwargs)
+    tlt.fit_classifier(_toy_model(), train, val, config, torch.device("cpu"), checkpoint=ckpt, stop_after_epoch=2, **kwargs)
     resumed = _toy_model()
-    again = tlt.fit(resumed, train, val, config, torch.device("cpu"), checkpoint=ckpt, **kwargs)
+    again = tlt.fit_classifier(resumed, train, val, config, torch.device("cpu"), checkpoint=ckpt, **kwargs)
     assert np.allclose(again["train_loss"], histories[True]["train_loss"])
     for a, b in zip(models[True].state_dict().values(), resumed.state_dict().values()):
         assert torch.equal(a, b)
@@ -150,17 +157,17 @@ def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
     train, val = _toy_problem()
     kwargs = dict(head_prefixes=["3"], n_classes=3, train_labels=train.tensors[1].numpy(), progress=False)
     ckpt = tmp_path / "run.pt"
-    tlt.fit(_toy_model(), train, val, tlt.TrainConfig(epochs=2, batch_size=16, seed=0), torch.device("cpu"),
+    tlt.fit_classifier(_toy_model(), train, val, tlt.TrainConfig(epochs=2, batch_size=16, seed=0), torch.device("cpu"),
             checkpoint=ckpt, **kwargs)
     with pytest.warns(UserWarning, match=r"another run: epochs=2 \(now 3\), seed=0 \(now 1\).*kept as .*run\.pt\.bak"):
-        history = tlt.fit(_toy_model(), train, val, tlt.TrainConfig(epochs=3, batch_size=16, seed=1),
+        history = tlt.fit_classifier(_toy_model(), train, val, tlt.TrainConfig(epochs=3, batch_size=16, seed=1),
                           torch.device("cpu"), checkpoint=ckpt, **kwargs)
-    assert list(history["epoch"]) == [1, 2, 3] and tlt.load_checkpoint(tmp_path / "run.pt.bak")["epoch"] == 1
+    assert list(history["epoch"]) == [1, 2, 3] and tck.load_checkpoint(tmp_path / "run.pt.bak")["epoch"] == 1
 
 
 def test_discriminative_learning_rates():
     model = _toy_model()
-    groups = tlt.param_groups(model, ["3"], lr_head=1e-2, lr_backbone=1e-4, weight_decay=0.1)
+    groups = tlloop.param_groups(model, ["3"], lr_head=1e-2, lr_backbone=1e-4, weight_decay=0.1)
     by_lr = {}
     for g in groups:
         by_lr.setdefault(g["lr"], 0)
@@ -171,7 +178,7 @@ def test_discriminative_learning_rates():
 
 def test_warmup_then_cosine():
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = tlt.warmup_cosine(opt, total_steps=10, warmup_steps=2)
+    sched = tlloop.warmup_cosine(opt, total_steps=10, warmup_steps=2)
     lrs = []
     for _ in range(10):
         lrs.append(opt.param_groups[0]["lr"])
@@ -193,27 +200,27 @@ def test_thresholds_improve_kappa_on_a_shifted_score():
     y = rng.integers(0, 5, 500)
     scores = 0.6 * y + 0.3 + rng.normal(0, 0.3, 500)  # compressed and shifted: rounding is wrong
     naive = quadratic_weighted_kappa(y, np.clip(np.rint(scores), 0, 4).astype(int))
-    thresholds = tlt.fit_thresholds(scores, y, 5)
-    tuned = quadratic_weighted_kappa(y, tlt.apply_thresholds(scores, thresholds))
+    thresholds = tlg.fit_thresholds(scores, y, 5)
+    tuned = quadratic_weighted_kappa(y, tlg.apply_thresholds(scores, thresholds))
     assert tuned > naive + 0.05 and np.all(np.diff(thresholds) > 0)
 
 
 def test_profiles():
-    assert tlt.get_profile("auto", torch.device("cpu")).name == "default"
-    assert tlt.get_profile("full", torch.device("cpu")).amp is False
+    assert tlprof.get_profile("auto", torch.device("cpu")).name == "default"
+    assert tlprof.get_profile("full", torch.device("cpu")).precision == "float32"
     with pytest.raises(ValueError, match="Unknown PROFILE"):
-        tlt.get_profile("turbo", torch.device("cpu"))
+        tlprof.get_profile("turbo", torch.device("cpu"))
 
 
 def test_precision_auto_follows_the_hardware(monkeypatch):
     cpu = torch.device("cpu")
-    assert tlt.resolve_precision("float32", cpu) == "float32"
-    monkeypatch.setattr(tlt, "native_bfloat16", lambda device: True)
-    assert tlt.resolve_precision("auto", cpu) == "bfloat16"
-    monkeypatch.setattr(tlt, "native_bfloat16", lambda device: False)
-    assert tlt.resolve_precision("auto", cpu) == "float32"
+    assert tle.resolve_precision("float32", cpu) == "float32"
+    monkeypatch.setattr(tle, "native_bfloat16", lambda device: True)
+    assert tle.resolve_precision("auto", cpu) == "bfloat16"
+    monkeypatch.setattr(tle, "native_bfloat16", lambda device: False)
+    assert tle.resolve_precision("auto", cpu) == "float32"
     with pytest.raises(ValueError, match="Unknown precision 'fp8'"):
-        tlt.resolve_precision("fp8", cpu)
+        tle.resolve_precision("fp8", cpu)
 
 
 def test_bfloat16_activations_stay_close_to_float32_and_are_cached_apart(lite0, clothing, tmp_path):
@@ -226,7 +233,7 @@ def test_bfloat16_activations_stay_close_to_float32_and_are_cached_apart(lite0, 
     lite0.model.eval()
     acts = {}
     for precision in ("float32", "bfloat16"):
-        frozen = tlt.FrozenTrunk(lite0, "conv_head", tf, torch.device("cpu"), cache_dir=tmp_path, batch_size=4,
+        frozen = tlfr.FrozenTrunk(lite0, "conv_head", tf, torch.device("cpu"), cache_dir=tmp_path, batch_size=4,
                                  precision=precision)
         assert frozen.precision == precision
         acts[precision] = frozen.activations(split).astype(np.float32)
@@ -248,11 +255,11 @@ def test_frozen_trunk_folds_batch_norms_without_touching_the_backbone(request, f
     backbone = request.getfixturevalue(fixture)
     backbone.model.eval()
     before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
-    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in tlt.split_model(backbone, cut)[0].modules())
-    frozen = tlt.FrozenTrunk(backbone, cut, None, torch.device("cpu"), precision="float32")
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in tlfr.split_model(backbone, cut)[0].modules())
+    frozen = tlfr.FrozenTrunk(backbone, cut, None, torch.device("cpu"), precision="float32")
     assert n_bn > 10 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.trunk.modules())
     x = torch.randn(2, 3, 96, 96)
-    trunk, _ = tlt.split_model(backbone, cut)
+    trunk, _ = tlfr.split_model(backbone, cut)
     with torch.no_grad():
         expected = trunk.eval()(x)
         assert torch.allclose(frozen.trunk(x), expected, rtol=1e-3, atol=1e-4 * float(expected.abs().max()))
@@ -275,7 +282,7 @@ def test_a_fold_that_changes_the_output_is_refused():
             return self.conv(self.bn(x))
 
     module = torch.nn.Sequential(RunsBackwards()).eval()
-    assert tlt.folded_copy(module) is module
+    assert tlfr.folded_copy(module) is module
 
 
 def _small_splits(data, *, n_train: int, n_eval: int) -> dict:
@@ -291,15 +298,15 @@ def test_a_cut_before_the_first_stage_trains_everything(clothing):
     from tutorial_lib.models import make_transform
 
     backbone = tlm.load_backbone("efficientnet_lite0", num_classes=10)
-    first = tlt.top_stages(backbone, len(backbone.stages))
+    first = tlfr.cut_before_last(backbone, len(backbone.stages))
     assert first == backbone.stages[0]
     tf = make_transform(backbone, input_size=(3, 64, 64))
-    frozen = tlt.FrozenTrunk(backbone, first, tf, torch.device("cpu"), batch_size=4, precision="float32")
+    frozen = tlfr.FrozenTrunk(backbone, first, tf, torch.device("cpu"), batch_size=4, precision="float32")
     split = clothing.test.subset(np.arange(3))
     acts = frozen.activations(split)
     images = torch.stack([tf(split.image(i)) for i in range(len(split))]).numpy()
     np.testing.assert_allclose(acts, images.astype(np.float16), rtol=0, atol=0)
-    _, top = tlt.split_model(backbone, first)
+    _, top = tlfr.split_model(backbone, first)
     assert sum(p.numel() for p in top.parameters()) == sum(p.numel() for p in backbone.model.parameters())
 
 
@@ -320,10 +327,10 @@ def test_finetune_full_runs_with_the_full_profiles_settings(clothing, network, t
                                 extra_heads=["aux1", "aux2"])
     tf = transforms.Compose([transforms.Resize((64, 64)), transforms.ToTensor()])
     splits = _small_splits(clothing, n_train=12, n_eval=6)
-    full = tlt.PROFILES["full"]
-    assert full.amp and full.channels_last and full.full_epochs > 0  # the settings this test stands in for
+    full = tlprof.PROFILES["full"]
+    assert full.precision != "float32" and full.channels_last and full.full_epochs > 0  # the settings this test stands in for
     config = tlt.TrainConfig(epochs=1, batch_size=4, lr_head=1e-3, lr_backbone=1e-4, samples_per_epoch=8,
-                             amp=full.amp, channels_last=full.channels_last, seed=0)
+                             precision=full.precision, channels_last=full.channels_last, seed=0)
     before = {k: v.detach().clone() for k, v in backbone.model.named_parameters()}  # weights, not BN statistics
     result = tlt.finetune_full(backbone, splits, tf, tf, torch.device("cpu"), config, n_classes=10,
                                checkpoint=tmp_path / "full.pt", progress=False)
@@ -344,12 +351,12 @@ def test_seed_ensemble_members_start_alike_average_and_leave_the_first_member(cl
     def run(seeds, checkpoint=None):
         backbone = tlm.load_backbone("efficientnet_lite0", num_classes=10)
         tf = make_transform(backbone, input_size=(3, 64, 64))
-        frozen = tlt.FrozenTrunk(backbone, "conv_head", tf, torch.device("cpu"), cache_dir=tmp_path / "cache",
+        frozen = tlfr.FrozenTrunk(backbone, "conv_head", tf, torch.device("cpu"), cache_dir=tmp_path / "cache",
                                  batch_size=16, precision="float32")
         config = tlt.TrainConfig(epochs=1, batch_size=8, lr_head=1e-2, lr_backbone=1e-3)
         ensemble, members = tlt.finetune_top_ensemble(frozen, splits, config, n_classes=10, seeds=seeds,
-                                                      checkpoint=checkpoint, progress=False, precision="float32")
-        _, top = tlt.split_model(backbone, "conv_head")
+                                                      checkpoint=checkpoint, progress=False)
+        _, top = tlfr.split_model(backbone, "conv_head")
         return ensemble, members, {k: v.clone() for k, v in top.state_dict().items()}
 
     splits = _small_splits(clothing, n_train=24, n_eval=8)
@@ -400,13 +407,13 @@ def _scores_and_labels(draw):
 @given(_scores_and_labels())
 def test_fit_thresholds_is_total(case):
     scores, y, n_classes = case
-    thresholds = tlt.fit_thresholds(scores, y, n_classes)
+    thresholds = tlg.fit_thresholds(scores, y, n_classes)
     assert thresholds.shape == (max(n_classes - 1, 0),)
     assert np.all(np.isfinite(thresholds)) and np.all(np.diff(thresholds) > 0)
-    grades = tlt.apply_thresholds(scores, thresholds)  # np.digitize raised on unordered cut points
+    grades = tlg.apply_thresholds(scores, thresholds)  # np.digitize raised on unordered cut points
     midpoints = np.arange(max(n_classes - 1, 0)) + 0.5
     if len(y):
-        assert _kappa_or_minus_inf(y, grades) >= _kappa_or_minus_inf(y, tlt.apply_thresholds(scores, midpoints))
+        assert _kappa_or_minus_inf(y, grades) >= _kappa_or_minus_inf(y, tlg.apply_thresholds(scores, midpoints))
 
 
 @pytest.mark.parametrize("scores", [np.linspace(3.2, 3.4, 60), np.full(60, 2.0)], ids=["narrow", "constant"])
@@ -414,9 +421,9 @@ def test_fit_thresholds_on_scores_inside_one_grade(scores):
     """Regression: every expected grade between two midpoints made the search cross its neighbours
     (ValueError: bins must be monotonically increasing or decreasing, in np.digitize)."""
     y = np.random.default_rng(0).integers(0, 5, len(scores))
-    rules, thresholds = tlt.ordinal_predictions(
+    rules, thresholds = tlg.ordinal_predictions(
         {"val": np.full((len(y), 5), 0.2)}, {"val": y})  # uniform probabilities: expected grade 2 for all
     assert np.all(np.diff(thresholds) > 0) and rules["thresholds"]["val"].shape == y.shape
-    thresholds = tlt.fit_thresholds(scores, y, 5)
+    thresholds = tlg.fit_thresholds(scores, y, 5)
     assert np.all(np.diff(thresholds) > 0)
-    assert tlt.apply_thresholds(scores, thresholds).shape == y.shape
+    assert tlg.apply_thresholds(scores, thresholds).shape == y.shape

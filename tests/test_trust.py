@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+import tutorial_lib.checkpoint as tck
 import tutorial_lib.cli as tlcli
 import tutorial_lib.data as tld
 import tutorial_lib.report as tlr
@@ -41,7 +42,7 @@ def _model() -> torch.nn.Module:
 
 def _fit(ckpt, epochs=2, seed=0, **kwargs):
     train, val = _toy()
-    return tlt.fit(_model(), train, val, tlt.TrainConfig(epochs=epochs, batch_size=8, seed=seed), CPU,
+    return tlt.fit_classifier(_model(), train, val, tlt.TrainConfig(epochs=epochs, batch_size=8, seed=seed), CPU,
                    n_classes=2, checkpoint=ckpt, progress=False, **kwargs)
 
 
@@ -67,7 +68,7 @@ def test_checkpoint_path_holding_something_else_is_refused_and_kept(tmp_path, ki
     else:
         _fit(ckpt, seed=1)
     before = ckpt.read_bytes()
-    with pytest.raises(tlt.CheckpointError) as err:
+    with pytest.raises(tck.CheckpointError) as err:
         _fit(ckpt, existing="refuse")
     message = str(err.value)
     assert "x.pt" in message and "left untouched" in message and "--overwrite" in message
@@ -77,7 +78,7 @@ def test_checkpoint_path_holding_something_else_is_refused_and_kept(tmp_path, ki
     if kind == "other_run":
         assert "seed=1 (now 0)" in message
     history = _fit(ckpt, existing="overwrite")  # the user's explicit choice
-    assert len(history) == 2 and tlt.load_checkpoint(ckpt)["epoch"] == 1
+    assert len(history) == 2 and tck.load_checkpoint(ckpt)["epoch"] == 1
 
 
 def test_damaged_weights_message_does_not_relay_the_unsafe_advice(tmp_path):
@@ -93,7 +94,7 @@ def test_damaged_weights_message_does_not_relay_the_unsafe_advice(tmp_path):
 def test_checkpoint_that_is_a_folder_is_refused_before_training(tmp_path, capsys):
     folder = tmp_path / "runs"
     folder.mkdir()
-    with pytest.raises(tlt.CheckpointError, match="is a folder; give a file name"):
+    with pytest.raises(tck.CheckpointError, match="is a folder; give a file name"):
         _fit(folder)
     # the command line says so before loading any data (the data path does not even exist)
     assert tlcli.main(["train", "--data", str(tmp_path / "nowhere"), "--checkpoint", str(folder)]) == 2
@@ -105,7 +106,7 @@ def test_more_epochs_continue_a_finished_run(tmp_path):
     _fit(ckpt, epochs=3)
     with pytest.warns(UserWarning, match="continuing the run from epoch 3 to 4 epochs"):
         history = _fit(ckpt, epochs=4, existing="refuse")
-    assert list(history["epoch"]) == [1, 2, 3, 4] and tlt.load_checkpoint(ckpt)["epoch"] == 3
+    assert list(history["epoch"]) == [1, 2, 3, 4] and tck.load_checkpoint(ckpt)["epoch"] == 3
 
 
 def test_library_default_keeps_another_runs_checkpoint_as_bak(tmp_path):
@@ -264,15 +265,15 @@ def test_resume_restores_python_and_numpy_random_state(tmp_path):
     config = tlt.TrainConfig(epochs=4, batch_size=8, seed=3, num_workers=0)
     kwargs = dict(n_classes=2, progress=False)
     straight, ckpt_a = _model(), tmp_path / "straight.pt"
-    h1 = tlt.fit(straight, _RandomAugment(train), val, config, CPU, checkpoint=ckpt_a, **kwargs)
+    h1 = tlt.fit_classifier(straight, _RandomAugment(train), val, config, CPU, checkpoint=ckpt_a, **kwargs)
     resumed, ckpt = _model(), tmp_path / "run.pt"
-    tlt.fit(resumed, _RandomAugment(train), val, config, CPU, checkpoint=ckpt, stop_after_epoch=2, **kwargs)
+    tlt.fit_classifier(resumed, _RandomAugment(train), val, config, CPU, checkpoint=ckpt, stop_after_epoch=2, **kwargs)
     random.seed(99), np.random.seed(99)  # another process would start with other states
     resumed = _model()
-    h2 = tlt.fit(resumed, _RandomAugment(train), val, config, CPU, checkpoint=ckpt, **kwargs)
+    h2 = tlt.fit_classifier(resumed, _RandomAugment(train), val, config, CPU, checkpoint=ckpt, **kwargs)
     assert h1["train_loss"].tolist() == h2["train_loss"].tolist()
     # the last epoch's weights (fit returns the best epoch's, which may come before the interruption)
-    last_a, last_b = tlt.load_checkpoint(ckpt_a)["model"], tlt.load_checkpoint(ckpt)["model"]
+    last_a, last_b = tck.load_checkpoint(ckpt_a)["model"], tck.load_checkpoint(ckpt)["model"]
     assert all(torch.equal(last_a[k], last_b[k]) for k in last_a)
 
 

@@ -1,7 +1,7 @@
 """Data-parallel training with PyTorch DDP, launched by ``torchrun``; gradient accumulation.
 
 Introduced for the scale-out part of notebooks 03-04 (README: "From the CPU demo to
-multi-GPU on the full data"). :func:`tutorial_lib.train.fit` calls these helpers, so the
+multi-GPU on the full data"). :func:`tutorial_lib.train.fit_classifier` calls these helpers, so the
 same training functions run in a notebook, in a plain script and under::
 
     torchrun --nproc_per_node 4 -m tutorial_lib train --data eyepacs_224 ...
@@ -11,7 +11,7 @@ Definitions that make the runs comparable:
 - ``TrainConfig.batch_size`` is the **global** batch of one optimizer step. With
   ``W`` processes and ``K`` accumulation steps each process sees micro-batches of
   ``batch_size / (W * K)`` images.
-- Every process draws the same epoch order as a single-process :func:`fit` would
+- Every process draws the same epoch order as a single-process :func:`~tutorial_lib.train.fit_classifier` would
   (:func:`epoch_order`) and takes its contiguous share of each global batch
   (:func:`plan_epoch`). We do not use ``DistributedSampler``: it draws its own
   permutation and pads the last batch, so a 2-process run would see other batches
@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset, RandomSampler, Subset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,9 @@ def shutdown() -> None:
 
 
 def epoch_order(n: int, num_samples: int | None, generator: torch.Generator) -> list[int]:
-    """The order in which a single-process :func:`~tutorial_lib.train.fit` visits ``n`` training items.
+    """The order in which a single-process :func:`~tutorial_lib.train.fit_classifier` visits ``n`` training items.
 
-    fit's DataLoader first draws its workers' base seed from ``generator``, then the
+    fit_classifier's DataLoader first draws its workers' base seed from ``generator``, then the
     ``RandomSampler`` permutation; this replays both draws (a test checks it against
     the DataLoader itself).
     """
@@ -211,6 +211,26 @@ def rank_generator(seed: int, ctx: DistContext) -> torch.Generator:
     return generator
 
 
+def planned_steps(train_data: Dataset, config: Any, device: torch.device, ctx: DistContext, *,
+                  labels: np.ndarray | None = None, weight: torch.Tensor | None = None) -> Callable:
+    """``steps(epoch)`` for :func:`tutorial_lib.loop.fit`: this rank's micro-batches of each global batch.
+
+    ``config`` is a :class:`~tutorial_lib.train.TrainConfig` (seed, batch size, accumulation, workers).
+    """
+    from .env import make_generator, seed_worker
+
+    def steps(epoch: int) -> tuple[Iterator[list[tuple[Any, Any, MicroBatch]]], int]:
+        generator = make_generator(config.seed * 10_000 + epoch)
+        order = epoch_order(len(train_data), config.samples_per_epoch, generator)
+        plan = plan_epoch(order, config.batch_size, config.accumulate_steps, ctx, labels=labels, weight=weight)
+        loader = DataLoader(train_data, batch_sampler=plan.batch_sampler(), num_workers=config.num_workers,
+                            worker_init_fn=seed_worker, pin_memory=device.type == "cuda",
+                            generator=rank_generator(config.seed * 10_000 + epoch, ctx))
+        return plan.steps(loader), plan.n_steps
+
+    return steps
+
+
 # --------------------------------------------------------------------------- the model and its gradients
 
 
@@ -229,11 +249,6 @@ def sync_gradients(model: nn.Module, sync: bool):
     if not sync and hasattr(model, "no_sync"):
         return model.no_sync()
     return contextlib.nullcontext()
-
-
-def grad_scaler(device: torch.device, amp: bool, amp_dtype: str) -> torch.amp.GradScaler:
-    """A GradScaler that is active only for float16 autocast on CUDA (bfloat16 needs none)."""
-    return torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda" and amp_dtype == "float16")
 
 
 def micro_loss(per_item: torch.Tensor, micro: MicroBatch) -> torch.Tensor:
@@ -287,11 +302,3 @@ def gather_predictions(predict: Callable[[Dataset], np.ndarray], data: Dataset, 
         if probs is not None:
             out[idx] = probs
     return out
-
-
-def rank_rng_state(state: dict[str, Any], ctx: DistContext) -> dict[str, Any] | None:
-    """This rank's random state from a checkpoint (``None``: keep the ``seed + rank`` seeding)."""
-    ranks = state.get("rng_ranks")
-    if ranks is not None and len(ranks) == ctx.world_size:
-        return ranks[ctx.rank]
-    return state["rng"] if ctx.rank == 0 else None

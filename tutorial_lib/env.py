@@ -1,10 +1,11 @@
-"""Device choice, seeding and an environment report.
+"""Device choice, numeric precision, seeding and an environment report.
 
 Introduced in ``00_setup``. Nothing here runs on import: the device and the
 seed are chosen once, at the top of a notebook, and passed on explicitly.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
@@ -49,6 +50,51 @@ def get_device(preference: str = "auto") -> torch.device:
     if preference == "cpu":
         return torch.device("cpu")
     raise ValueError(f"Unknown device {preference!r}; use one of {', '.join(DEVICE_CHOICES)} (or 'cuda:N').")
+
+
+# --------------------------------------------------------------------------- numeric precision
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+"""The one precision setting, wherever a network runs: ``float32``; ``bfloat16`` or ``float16`` mixed precision
+(matrix products in 16 bits, weights and optimizer in float32); ``auto``: bfloat16 where the hardware computes it
+natively, else float32. float16 needs a CUDA GPU (and a gradient scaler, :func:`grad_scaler`)."""
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(bool(check()) for check in checks if check is not None)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` -> ``"bfloat16"`` where the hardware computes it natively, else ``"float32"``; others as given."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for a resolved ``precision`` on ``device`` (none for float32).
+
+    A CPU has bfloat16 autocast only: ``float16`` there runs in float32.
+    """
+    if precision == "float32" or (device.type == "cpu" and precision != "bfloat16"):
+        return contextlib.nullcontext()
+    if device.type not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, precision))
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A gradient scaler, active only for float16 on CUDA (bfloat16 and float32 need none)."""
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and precision == "float16")
 
 
 def seed_everything(seed: int) -> int:

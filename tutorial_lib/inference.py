@@ -121,7 +121,7 @@ def _columns(model: ExportedModel, gradcam: bool) -> list[str]:
 
 def _rows(model: ExportedModel, network: torch.nn.Module, paths: list[Path], x: torch.Tensor,
           gradcam_dir: str | Path | None, start: int) -> list[dict[str, Any]]:
-    from .train import expected_grade
+    from .grades import expected_grade
 
     probs = model.predict_proba(x, network)  # (batch, n_classes)
     decided = model.decide(probs)

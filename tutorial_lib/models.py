@@ -30,8 +30,12 @@ import numpy as np
 import torch
 from torch import nn
 
-GOOGLENET_STAGES = ["conv1", "conv2", "conv3", "inception3a", "inception3b", "inception4a", "inception4b",
-                    "inception4c", "inception4d", "inception4e", "inception5a", "inception5b"]
+GOOGLENET_LAYERS = ["conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
+                    "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4",
+                    "inception5a", "inception5b", "avgpool"]
+"""torchvision GoogLeNet's layers in the order its forward pass runs them (before dropout and ``fc``)."""
+GOOGLENET_STAGES = [name for name in GOOGLENET_LAYERS if "pool" not in name]
+"""The layers a network can be cut before: GoogLeNet's convolutions and inception blocks."""
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -99,10 +103,8 @@ def download_googlenet_weights() -> Path:
     if path.is_file():
         return path
     url = _googlenet_weights_enum().url
-    hash_prefix = path.stem.rsplit("-", 1)[-1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.hub.download_url_to_file(url, str(path), hash_prefix=hash_prefix, progress=True)
+    try:  # torchvision downloads into the torch cache (the path above) and checks the file's hash prefix
+        _googlenet_weights_enum().get_state_dict(progress=True, check_hash=True)
     except Exception as err:  # URLError, HTTPError, RuntimeError (hash), OSError
         path.unlink(missing_ok=True)
         raise WeightsUnavailableError(

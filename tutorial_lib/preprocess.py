@@ -537,3 +537,29 @@ def prepare_split(split, step: Any, size: int, *, cache_dir: Path | None = None,
         warnings.warn(f"{desc}: no fundus disc found in {int(missed.sum())} of {len(split)} photographs; "
                       "they were kept with a centred crop.", NoDiscFoundWarning, stacklevel=2)
     return ImageSplit(images, split.labels, split.groups)
+
+
+VIEWS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "transverse")
+"""Deterministic views of an image (the 8 symmetries of a square). A mirrored clothing photo is still a
+valid photo (``identity``, ``hflip``); a fundus photo has no "up", so all 8 are valid views of a retina."""
+
+
+class View:
+    """One deterministic view of a PIL image (see :data:`VIEWS`): a picklable transform."""
+
+    def __init__(self, name: str) -> None:
+        if name not in VIEWS:
+            raise ValueError(f"Unknown view {name!r}; use one of {VIEWS}.")
+        self.name = name
+
+    def __call__(self, image):
+        from PIL import Image
+
+        ops = {"hflip": Image.Transpose.FLIP_LEFT_RIGHT, "vflip": Image.Transpose.FLIP_TOP_BOTTOM,
+               "rot90": Image.Transpose.ROTATE_90, "rot180": Image.Transpose.ROTATE_180,
+               "rot270": Image.Transpose.ROTATE_270, "transpose": Image.Transpose.TRANSPOSE,
+               "transverse": Image.Transpose.TRANSVERSE}
+        return image if self.name == "identity" else image.transpose(ops[self.name])
+
+    def __repr__(self) -> str:
+        return f"View({self.name!r})"

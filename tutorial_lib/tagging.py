@@ -11,16 +11,13 @@ fine-tuned CNN features:
   tag per field).
 
 Both train the top of a pretrained backbone jointly with their heads, on cached
-activations of the frozen trunk (:class:`tutorial_lib.train.FrozenTrunk`): that is
+activations of the frozen trunk (:class:`tutorial_lib.frozen.FrozenTrunk`): that is
 end-to-end fine-tuning of the encoder's top, at a cost a CPU can afford.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
-import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,10 +29,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .env import make_generator, seed_everything
+from ._io import fingerprint
+from .checkpoint import RunCheckpoint, run_key
+from .env import autocast, make_generator, resolve_precision, seed_everything
+from .frozen import split_model
+from .loop import fit, optimizer_and_schedule
 from .models import Backbone
-from .train import (atomic_save, keep_aside, load_checkpoint, param_groups, precision_autocast, resolve_precision,
-                    split_model, warmup_cosine)
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
@@ -51,41 +50,6 @@ def tag_order(fields: Sequence[str]) -> list[str]:
     """``fields`` in decoding order: those of :data:`COARSE_TO_FINE` first, in that order, then the rest as given."""
     fields = list(fields)
     return [f for f in COARSE_TO_FINE if f in fields] + [f for f in fields if f not in COARSE_TO_FINE]
-
-
-# --------------------------------------------------------------------------- tag profiles
-
-
-@dataclass(frozen=True)
-class TaggingProfile:
-    """How much work notebook 05 does (chosen by its ``PROFILE`` parameter)."""
-
-    name: str
-    image_size: int  # input side in pixels fed to the backbone
-    top_stages: int  # backbone stages trained jointly with the tagger (the rest is a cached frozen trunk)
-    epochs: int
-    batch_size: int
-    max_train: int | None = None  # caps on the number of images (quick smoke runs)
-    max_test: int | None = None
-
-
-TAGGING_PROFILES = {
-    # CI-size smoke run: every code path, tiny numbers.
-    "quick": TaggingProfile("quick", 96, 1, 2, 32, max_train=240, max_test=80),
-    # 2 CPU cores in a few minutes: the trunk runs once per image and view, then the top trains on its activations.
-    "default": TaggingProfile("default", 160, 2, 10, 64),
-    # A GPU: larger input, more stages trained, more epochs.
-    "full": TaggingProfile("full", 224, 3, 30, 128),
-}
-
-
-def get_tagging_profile(name: str, device: torch.device) -> TaggingProfile:
-    """The named profile; ``"auto"`` is ``"full"`` on a CUDA GPU, else ``"default"``."""
-    if name == "auto":
-        name = "full" if device.type == "cuda" else "default"
-    if name not in TAGGING_PROFILES:
-        raise ValueError(f"Unknown PROFILE {name!r}; use one of {', '.join(TAGGING_PROFILES)} or 'auto'.")
-    return TAGGING_PROFILES[name]
 
 
 # --------------------------------------------------------------------------- data: splits and the vocabulary
@@ -446,22 +410,6 @@ def beam_search(model: CNNLSTMTagger, acts: torch.Tensor, *, beam_size: int = 3,
     return out, scores[torch.arange(batch, device=device), best]
 
 
-@torch.no_grad()
-def sequence_log_prob(model: CNNLSTMTagger, acts: torch.Tensor, tokens: torch.Tensor, *,
-                      constrained: bool = True) -> torch.Tensor:
-    """The decoder's log-probability ``(batch,)`` of given tag sequences (without ``<start>``), scored as the
-    decoders score them: each step renormalised over its allowed tokens; ``<pad>`` after ``<end>`` costs nothing."""
-    model.eval()
-    start = torch.full_like(tokens[:, :1], START_ID)
-    logits = model(acts, torch.cat([start, tokens[:, :-1]], dim=1))  # (batch, T, vocab)
-    total = torch.zeros(len(tokens), device=tokens.device)
-    for step in range(tokens.shape[1]):
-        logp = logits[:, step].masked_fill(~_allowed(model, step, constrained), -math.inf).log_softmax(1)
-        picked = logp.gather(1, tokens[:, step:step + 1])[:, 0]
-        total += torch.where(tokens[:, step] == PAD_ID, torch.zeros_like(picked), picked)
-    return total
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -501,91 +449,52 @@ def field_accuracy_of_tokens(pred: np.ndarray, tokens: np.ndarray, n_fields: int
     return float(((pred[:, :n_fields] == true) & known).sum() / max(1, known.sum()))
 
 
-def _run_key(model: nn.Module, config: TaggerConfig, acts: np.ndarray, tokens: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"config": asdict(config), "model": repr(model), "vocab": model.vocab.tokens_,
-                              "acts": list(acts.shape)}, sort_keys=True).encode())
-    digest.update(np.ascontiguousarray(tokens).data)
-    digest.update(np.ascontiguousarray(acts[:, :1, :1, :1] if acts.ndim == 4 else acts[:, :1]).data)
-    return digest.hexdigest()[:16]
-
-
 def fit_tagger(model: nn.Module, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
                config: TaggerConfig, device: torch.device, *, checkpoint: Path | None = None,
-               progress: bool = True) -> pd.DataFrame:
+               progress: bool = True, existing: str = "backup") -> pd.DataFrame:
     """Train a tagger (``IndependentHeads`` or ``CNNLSTMTagger``) on ``(activations, tokens)`` pairs.
 
-    The encoder's pretrained layers learn at ``lr_encoder``, everything new at ``lr_head``
-    (warm-up, then cosine decay); the forward pass runs in ``config.precision`` (bfloat16
-    autocast where the hardware has it, weights and optimizer in float32). After every epoch the validation tags are predicted
-    (greedy, constrained) and the weights of the epoch with the best mean field accuracy are
-    kept. Returns the history: ``epoch``, ``train_loss``, ``train_accuracy`` (teacher-forced
-    tag accuracy), ``val_accuracy``, ``seconds``. With ``checkpoint``, the state is saved
-    after each epoch and a run with the same data and settings resumes from it.
+    The same loop as the classifiers (:func:`tutorial_lib.loop.fit`) with a tagger's step: the
+    encoder's pretrained layers learn at ``lr_encoder``, everything new at ``lr_head`` (warm-up,
+    then cosine decay), the forward pass in ``config.precision``. After every epoch the validation
+    tags are predicted (greedy, constrained) and the weights of the epoch with the best mean field
+    accuracy are kept. Returns the history: ``epoch``, ``train_loss``, ``train_accuracy``
+    (teacher-forced tag accuracy), ``val_accuracy``, ``val_score`` (the same), ``lr``, ``seconds``.
+    ``checkpoint`` and ``existing`` behave as in :func:`tutorial_lib.train.fit_classifier`.
     """
-    from .progress import tqdm
-
     seed_everything(config.seed)
-    precision = resolve_precision(config.precision, device)
-    config = replace(config, precision=precision)  # the resolved precision identifies the run in its checkpoint
+    config = replace(config, precision=resolve_precision(config.precision, device))  # the resolved one is kept
     model = model.to(device)
     train_x, train_tokens = _tensor(train[0]), _tensor(train[1])
     heads = [name for name, _ in model.named_children() if name != "encoder"]
-    optimizer = torch.optim.AdamW(param_groups(model, heads, config.lr_head, config.lr_encoder, config.weight_decay))
-    steps_per_epoch = math.ceil(len(train_x) / config.batch_size)
-    scheduler = warmup_cosine(optimizer, config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"score": -math.inf, "state": None}
-    start_epoch = 0
-    key = _run_key(model, config, train[0], train[1]) if checkpoint is not None else ""
-    if checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(Path(checkpoint))
-        if state.get("key") == key:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
-            torch.set_rng_state(state["rng"])  # dropout continues as in an uninterrupted run
-        else:  # another run's checkpoint: kept aside, never overwritten
-            keep_aside(Path(checkpoint), f"{checkpoint} is the checkpoint of another tagging run", stacklevel=3)
-    for epoch in range(start_epoch, config.epochs):
-        started = time.perf_counter()
-        model.train()
+    optimizer, scheduler = optimizer_and_schedule(
+        model, heads, lr_head=config.lr_head, lr_backbone=config.lr_encoder, weight_decay=config.weight_decay,
+        epochs=config.epochs, steps_per_epoch=math.ceil(len(train_x) / config.batch_size),
+        warmup_epochs=config.warmup_epochs)
+
+    def steps(epoch: int) -> tuple[Any, int]:
         order = torch.randperm(len(train_x), generator=make_generator(config.seed * 10_000 + epoch))
-        loss_sum, correct, known = 0.0, 0, 0
-        batches = range(0, len(order), config.batch_size)
-        for i in tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress):
-            idx = order[i:i + config.batch_size]
-            x, tokens = train_x[idx].to(device).float(), train_tokens[idx].to(device)
-            with precision_autocast(device, precision):
-                loss, right = model.loss(x, tokens, config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            mask = tokens[:, 1:-1] != UNK_ID
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((right & mask).sum())
-            known += int(mask.sum())
-        pred = predict_tokens(model, val[0], device)
-        val_accuracy = field_accuracy_of_tokens(pred, val[1], model.vocab.n_fields)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / len(order), "train_accuracy": correct / max(1, known),
-               "val_accuracy": val_accuracy, "lr": optimizer.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - started}
-        history.append(row)
-        if val_accuracy > best["score"]:
-            best = {"score": val_accuracy, "epoch": epoch + 1,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        if progress:
-            print(f"epoch {epoch + 1:>2}/{config.epochs}  loss {row['train_loss']:.3f}  "
-                  f"train tag acc {row['train_accuracy']:.3f}  val tag acc {val_accuracy:.3f}  ({row['seconds']:.1f} s)")
-        if checkpoint is not None:
-            atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "history": history, "best": best, "epoch": epoch,
-                         "rng": torch.get_rng_state(), "key": key}, Path(checkpoint))
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    return pd.DataFrame(history)
+        starts = range(0, len(order), config.batch_size)
+        return ([order[i:i + config.batch_size]] for i in starts), len(starts)
+
+    def step(idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x, tokens = train_x[idx].to(device).float(), train_tokens[idx].to(device)
+        with autocast(device, config.precision):
+            loss, right = model.loss(x, tokens, config.label_smoothing)
+        known = tokens[:, 1:-1] != UNK_ID
+        return loss, {"loss_sum": float(loss.detach()) * len(idx), "items": len(idx),
+                      "correct": int((right & known).sum()), "known": int(known.sum())}
+
+    def evaluate(sums: dict[str, float]) -> dict[str, float]:
+        val_accuracy = field_accuracy_of_tokens(predict_tokens(model, val[0], device), val[1], model.vocab.n_fields)
+        return {"train_loss": sums["loss_sum"] / sums["items"], "train_accuracy": sums["correct"] / max(1, sums["known"]),
+                "val_accuracy": val_accuracy, "val_score": val_accuracy}
+
+    saved = None if checkpoint is None else RunCheckpoint(checkpoint, run_key(
+        asdict(config), fingerprint(train[0], train[1], val[0], val[1], model.vocab.tokens_), model),
+        existing=existing, kind="tagging run")
+    return fit(model, optimizer, scheduler, epochs=config.epochs, steps=steps, step=step, evaluate=evaluate,
+               checkpoint=saved, progress=progress)
 
 
 # --------------------------------------------------------------------------- baseline and analysis
