@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import tutorial_lib.metrics as tlmet
@@ -40,3 +41,17 @@ def test_majority_baseline_answers_the_commonest_training_class():
     assert tlmet.majority_baseline([2, 2, 1], [1, 2])["accuracy"] == 0.5  # class 2 is the majority, not class 0
     with pytest.raises(ValueError, match="y_train is empty"):
         tlmet.majority_baseline([], [0])
+
+
+def test_tag_metrics_known_values():
+    fields = ["colour", "kind"]
+    true = pd.DataFrame({"colour": ["red", "blue", "red", ""], "kind": ["shoe", "shoe", "bag", "bag"]})
+    pred = pd.DataFrame({"colour": ["red", "red", "red", "blue"], "kind": ["shoe", "bag", "bag", "bag"]})
+    m = tlmet.tag_metrics(true, pred, fields)
+    assert m["field_accuracy"] == {"colour": pytest.approx(2 / 3), "kind": pytest.approx(3 / 4)}
+    assert m["exact_match"] == pytest.approx(3 / 4)  # row 1 wrong; the blank colour of row 3 is unknown
+    assert m["micro_f1"] == pytest.approx(5 / 7)  # 7 known tags, 5 right; as many predicted as true
+    # per tag F1: colour=red 0.8, colour=blue 0, kind=shoe 2/3, kind=bag 0.8
+    assert m["macro_f1"] == pytest.approx((0.8 + 0 + 2 / 3 + 0.8) / 4)
+    perfect = tlmet.tag_metrics(true, true, fields)
+    assert perfect["micro_f1"] == perfect["macro_f1"] == perfect["exact_match"] == 1.0

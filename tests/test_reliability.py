@@ -421,10 +421,10 @@ def test_cache_write_interrupted_leaves_no_file(tmp_path, monkeypatch):
 
 
 def test_damaged_feature_cache_is_recomputed(tmp_path):
-    import tutorial_lib.features as tlf
+    import tutorial_lib.handcrafted as tlh
 
     images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
-    extractor = tlf.ImageFeatures([("colour", tlf.ColourHistogram())], size=32, cache_dir=tmp_path, progress=False)
+    extractor = tlh.ImageFeatures([("colour", tlh.ColourHistogram())], size=32, cache_dir=tmp_path, progress=False)
     first = extractor.transform(images)
     path = extractor.cache_path(images)
     path.write_bytes(path.read_bytes()[:40])  # truncated, as by a full disk

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -99,7 +100,18 @@ def test_the_shipped_reference_run_covers_every_task_and_passes_its_own_floors()
 
 def test_results_markdown_has_a_table_per_task_and_the_talks_figures():
     text = tlr.results_markdown(_run(0.72), tlr.check_floors(_run(0.72), REFERENCE))
-    assert "| svm | 0.720 | 0.700 | default |" in text
+    assert "| svm | 0.720 | 0.700 | default |" in re.sub(" +", " ", text)  # columns are padded to line up
     assert "fine-tuned GoogLeNet 0.93" in text
     assert "## dr" in text and "Nothing recorded yet." in text
     assert "Regression check" in text
+
+
+def test_markdown_tables_leave_missing_values_blank_and_line_numbers_up():
+    import pandas as pd
+
+    frame = pd.DataFrame({"method": ["svm", "cnn"], "accuracy": [0.5, None], "status": ["ok", None]})
+    lines = tlr._markdown_table(frame).splitlines()
+    assert [line.replace(" ", "") for line in lines[::2]] == ["|method|accuracy|status|", "|svm|0.500|ok|"]
+    assert lines[3].replace(" ", "") == "|cnn|||"
+    assert re.fullmatch(r"\|:-+\|-+:\|:-+\|", lines[1])  # text left, numbers right
+    assert len({len(line) for line in lines}) == 1  # every row as wide as the header

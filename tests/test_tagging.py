@@ -13,7 +13,7 @@ from torch import nn
 
 import tutorial_lib.checkpoint as tck
 import tutorial_lib.tagging as tg
-from tutorial_lib.features import tag_metrics
+from tutorial_lib.metrics import tag_metrics
 
 FIELDS = ["masterCategory", "articleType", "baseColour"]
 
@@ -353,14 +353,14 @@ def test_a_kaggle_style_catalogue_folder_loads(tmp_path):
 def test_catalogue_split_keeps_groups_on_one_side():
     """GROUP_PATTERN in notebook 05: here, products whose ids share their first two digits form a group."""
     import tutorial_lib.data as tld
-    import tutorial_lib.features as tlf
+    import tutorial_lib.baselines as tlb
     import tutorial_lib.tagging as tg
 
     catalogue = tld.load_tag_dataset("fashion")
-    train, test, _ = tlf.catalogue_split(catalogue, seed=0, group_pattern=r"^(\d\d)")
+    train, test, _ = tlb.catalogue_split(catalogue, seed=0, group_pattern=r"^(\d\d)")
     fit, val = tg.validation_split(train, 0.15, seed=0)
     assert len(test) > 0.1 * (len(train) + len(test)) and len(val) > 0
     sides = [set(t["group"]) for t in (fit, val, test)]
     assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
-    plain_train, plain_test, _ = tlf.catalogue_split(catalogue, seed=0)  # unchanged without a pattern
+    plain_train, plain_test, _ = tlb.catalogue_split(catalogue, seed=0)  # unchanged without a pattern
     assert "group" not in plain_train.columns

@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["bench", "checkpoint", "cli", "data", "distributed", "env", "explain", "export", "features", "frozen", "grades", "inference", "jobs", "loop", "metrics", "models", "plots", "prepare", "preprocess", "profiles", "report", "runner", "tagging", "train"]
+__all__ = ["baselines", "bench", "checkpoint", "cli", "data", "distributed", "env", "explain", "export", "frozen", "grades", "handcrafted", "inference", "jobs", "loop", "metrics", "models", "plots", "prepare", "preprocess", "profiles", "report", "runner", "tagging", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,7 @@ Two layers:
 - **transforms**, small frozen dataclasses (PIL image in, RGB PIL image out) such as
   :class:`FundusCrop` and :class:`BenGraham`, that compose with ``torchvision.transforms``
   (``Compose([FundusCrop(224), BenGraham(), RingMask(), backbone_transform])``) and, because
-  their ``repr`` lists every parameter, key the feature cache in :mod:`tutorial_lib.features`.
+  their ``repr`` lists every parameter, key the feature cache in :mod:`tutorial_lib.handcrafted`.
 
 Every entry point accepts images of any size, PIL mode (``L``, ``P``, ``RGBA``, ``CMYK``,
 16-bit ...), EXIF orientation, or a NumPy array, through :func:`as_rgb`.
@@ -413,7 +413,7 @@ class Rotate90:
 class Compose:
     """Apply ``steps`` in order: a picklable, torch-free ``torchvision.transforms.Compose``.
 
-    It keeps the feature-extraction workers of :mod:`tutorial_lib.features` from importing
+    It keeps the feature-extraction workers of :mod:`tutorial_lib.handcrafted` from importing
     torch; inside a torchvision or timm pipeline either Compose works.
     """
 

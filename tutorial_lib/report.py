@@ -15,11 +15,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from ._io import atomic_write_text  # noqa: F401  (re-exported: notebooks and jobs import it from here)
+from ._io import atomic_write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TASKS = ("dr", "clothing", "tagging")
 METHODS = ("majority_class", "svm", "linear_probe", "finetune_top", "finetune_top_ensemble", "finetune_full", "independent_heads", "cnn_lstm")
@@ -147,28 +150,11 @@ FLOOR_TOLERANCE = {"dr": 0.05, "clothing": 0.03, "tagging": 0.03}
 
 
 def reference_results() -> dict[str, Any]:
-    """The reference run shipped with the package (default profile, seed 0, CPU): the floors' starting point."""
-    return json.loads((Path(__file__).with_name("reference_results.json")).read_text())
+    """The reference run shipped with the package (default profile, seed 0, CPU): the floors' starting point.
 
-
-def reference_from(results: Mapping[str, Any], about: str) -> dict[str, Any]:
-    """A reference run made from ``results``: every task's default-profile methods, described by ``about``.
-
-    How the shipped ``reference_results.json`` was made: ``make demo`` on 2 CPU cores, then this function on its
-    ``outputs/results.json`` (written with :func:`atomic_write_text` as sorted, indented JSON).
+    Made by ``tools/make_reference_results.py`` from the ``results.json`` of such a run.
     """
-    reference: dict[str, Any] = {"_about": about}
-    for task in TASKS:
-        entry = results.get(task)
-        if not entry:
-            continue
-        methods = [m for m in entry["methods"] if _profile(entry, m) == "default"]
-        if methods:
-            reference[task] = {**{k: v for k, v in entry.items() if k not in ("methods", "details")},
-                               "methods": {m: entry["methods"][m] for m in methods},
-                               "details": {m: {k: entry["details"][m].get(k) for k in ("profile", "seed")}
-                                           for m in methods}}
-    return reference
+    return json.loads((Path(__file__).with_name("reference_results.json")).read_text())
 
 
 def _profile(entry: Mapping[str, Any], method: str) -> str | None:
@@ -270,22 +256,25 @@ def results_markdown(results: Mapping[str, Any], floors: "pd.DataFrame | None" =
                       f"fine-tuned GoogLeNet {talk['finetuned_googlenet']:.2f}.", ""]
     runtime = results.get("runtime", {})
     if runtime:
+        import pandas as pd
+
+        times = pd.DataFrame([{"notebook": nb, "seconds": r["seconds"], "peak RSS (MB)": r["peak_rss_mb"]}
+                              for nb, r in sorted(runtime.items())])
         lines += ["## Run time (wall seconds, peak memory of the notebook's kernel)", "",
-                  "| notebook | seconds | peak RSS (MB) |", "|---|---|---|"]
-        lines += [f"| {nb} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} |" for nb, r in sorted(runtime.items())]
-        lines.append("")
+                  _markdown_table(times, digits=0), ""]
     if floors is not None and len(floors):
         lines += ["## Regression check against the reference run", "", _markdown_table(floors), ""]
     return "\n".join(lines)
 
 
-def _markdown_table(frame: "pd.DataFrame") -> str:
+def _markdown_table(frame: "pd.DataFrame", digits: int = 3) -> str:
+    """``frame`` as a markdown table: floats to ``digits`` decimals, blanks for missing values, numbers right-aligned."""
+    from pandas.api.types import is_numeric_dtype
+
     def cell(value: Any) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return ""
-        return f"{value:.3f}" if isinstance(value, float) else str(value)
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
+    align = ["right" if is_numeric_dtype(frame[column]) else "left" for column in frame.columns]
+    return frame.map(cell).to_markdown(index=False, disable_numparse=True, colalign=align)

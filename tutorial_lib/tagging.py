@@ -504,15 +504,15 @@ def handcrafted_tag_svm(train: pd.DataFrame, test: pd.DataFrame, fields: Sequenc
                         seed: int = 0, n_jobs: int = 1, cache_dir: Path | None = None) -> pd.DataFrame:
     """Notebook 02's tag baseline on ``(train, test)``: HOG + LBP + colour features, one SVM per field.
 
-    The descriptors are notebook 02's for photos (:func:`tutorial_lib.features.baseline_features`), fed to :func:`tutorial_lib.features.fit_tag_svm`
+    The descriptors are notebook 02's for photos (:func:`tutorial_lib.baselines.baseline_features`), fed to :func:`tutorial_lib.baselines.fit_tag_svm`
     with square-root class weights. Returns the predicted tags of ``test``, one column per field.
     """
-    from . import features as F
+    from . import baselines
 
-    extractor = F.baseline_features("clothing", n_jobs=n_jobs, cache_dir=cache_dir)
+    extractor = baselines.baseline_features("clothing", n_jobs=n_jobs, cache_dir=cache_dir)
     x_train, x_test = extractor.transform(list(train["path"])), extractor.transform(list(test["path"]))
-    tagger = F.fit_tag_svm(x_train, train, list(fields), C=C, class_weight="tempered", random_state=seed,
-                           n_jobs=n_jobs)
+    tagger = baselines.fit_tag_svm(x_train, train, list(fields), C=C, class_weight="tempered", random_state=seed,
+                                   n_jobs=n_jobs)
     return tagger.predict(x_test)
 
 
