@@ -299,3 +299,16 @@ def test_folder_with_no_images_is_a_clear_error(clothing_model, tmp_path, capsys
     assert code == 1 and "No images found in" in err and "searched recursively" in err
     with pytest.raises(PredictError, match="No images found"):
         tl.predict(clothing_model["folder"], tmp_path / "docs", progress=False)
+
+
+def test_the_backbone_transform_is_left_out_whole_or_nested():
+    """eval_tf may be the backbone's own transform alone, or a preprocess.Compose ending in it."""
+    from tutorial_lib import export
+
+    backbone = tl.models.load_backbone("efficientnet_lite0", num_classes=3)
+    tf = tl.models.make_transform(backbone, input_size=(3, 96, 96))
+    assert export._steps_to_json(tf, repr(tf)) == []
+    nested = tl.preprocess.Compose((tl.preprocess.ResizePad(96, (0, 0, 0)), tf))
+    assert export._steps_to_json(nested, repr(tf)) == [{"name": "ResizePad", "params": {"size": 96, "fill": (0, 0, 0)}}]
+    with pytest.raises(ValueError, match="cannot save"):
+        export._steps_to_json(tf)  # not named as the backbone's: its steps are not preprocess transforms

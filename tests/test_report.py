@@ -115,3 +115,10 @@ def test_markdown_tables_leave_missing_values_blank_and_line_numbers_up():
     assert lines[3].replace(" ", "") == "|cnn|||"
     assert re.fullmatch(r"\|:-+\|-+:\|:-+\|", lines[1])  # text left, numbers right
     assert len({len(line) for line in lines}) == 1  # every row as wide as the header
+
+
+def test_output_folder_is_given_or_beside_the_results(tmp_path):
+    from tutorial_lib.report import output_folder
+
+    assert output_folder("", "figures", tmp_path / "r.json") == tmp_path / "figures"
+    assert output_folder(tmp_path / "mine", "cache", tmp_path / "r.json") == tmp_path / "mine"

@@ -44,24 +44,30 @@ class ModelFileError(ValueError):
     """A saved model folder is missing, damaged, tampered with or from another library version."""
 
 
+def _inner_steps(steps: Any) -> list[Any] | None:
+    """The transforms inside a container (``Compose`` of either kind, a list), or ``None`` for one transform."""
+    if steps is None:
+        return []
+    if isinstance(steps, preprocess.Compose):
+        return list(steps.steps)
+    if isinstance(steps, (list, tuple)):
+        return list(steps)
+    inner = getattr(steps, "transforms", None)  # torchvision's Compose
+    return inner if isinstance(inner, list) else None
+
+
 def _steps_to_json(steps: Any, backbone_transform: str = "") -> list[dict[str, Any]]:
     """``tl.preprocess`` transforms (a ``Compose``, a list, or one) as ``[{"name", "params"}]``.
 
     A step whose ``repr`` is ``backbone_transform`` (the backbone's own resize/normalise, which the
     model file stores separately) is left out, so a notebook's ``eval_tf`` can be passed as it is.
     """
-    if steps is None:
-        return []
-    if isinstance(steps, preprocess.Compose):
-        steps = steps.steps
-    if not isinstance(steps, (list, tuple)):
-        steps = [steps]
     out = []
-    for step in steps:
+    for step in _inner_steps(steps) if steps is None or isinstance(steps, (preprocess.Compose, list, tuple)) else [steps]:
         if backbone_transform and repr(step) == backbone_transform:
             continue
-        if isinstance(step, preprocess.Compose) or isinstance(getattr(step, "transforms", None), list):
-            out += _steps_to_json(step if isinstance(step, preprocess.Compose) else step.transforms, backbone_transform)
+        if _inner_steps(step) is not None:
+            out += _steps_to_json(_inner_steps(step), backbone_transform)
         elif type(step).__name__ in _STEPS and is_dataclass(step):
             out.append({"name": type(step).__name__, "params": asdict(step)})
         else:
@@ -74,14 +80,11 @@ def _steps_to_json(steps: Any, backbone_transform: str = "") -> list[dict[str, A
 
 def _flat_steps(steps: Any) -> list[Any]:
     """Every transform inside ``steps`` (``Compose`` of either kind, a list, or one), nested ones included."""
-    if steps is None:
-        return []
-    if isinstance(steps, preprocess.Compose):
-        return [node for step in steps.steps for node in _flat_steps(step)]
-    if isinstance(steps, (list, tuple)):
-        return [node for step in steps for node in _flat_steps(step)]
-    inner = getattr(steps, "transforms", None)
-    return [steps, *(_flat_steps(inner) if isinstance(inner, list) else [])]
+    inner = _inner_steps(steps)
+    if inner is None:
+        return [steps]
+    nodes = [node for step in inner for node in _flat_steps(step)]
+    return nodes if steps is None or isinstance(steps, (preprocess.Compose, list, tuple)) else [steps, *nodes]
 
 
 def _steps_from_json(steps: list[dict[str, Any]]) -> preprocess.Compose:

@@ -136,8 +136,8 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 def folded_copy(trunk: nn.Module, input_size: int = 96) -> nn.Module:
     """A copy of ``trunk`` with its batch norms folded, if it computes what ``trunk`` computes; else ``trunk``.
 
-    Measured on 2 CPU cores, Lite0 up to ``blocks.6`` at 224 px in bfloat16: 161 -> 205 images/s
-    (a batch norm is a pass over memory that the convolution before it can do for free).
+    A batch norm is a pass over memory that the convolution before it can do for free
+    (benchmarks/README.md has the figures).
     """
     parameters = list(trunk.parameters())
     if not parameters:  # cut before the first stage (everything trained): nothing to fold
@@ -165,14 +165,13 @@ class FrozenTrunk:
                  precision: str = "auto") -> None:
         self.backbone, self.cut, self.transform, self.device = backbone, cut, transform, device
         self.cache_dir, self.batch_size, self.num_workers = cache_dir, batch_size, num_workers
-        # bfloat16 where the hardware has it. Measured on the 2-core AVX512-BF16 machine, Lite0 at 224 px, batches
-        # of 16: 63 -> 140 images/s; clothing test accuracy of the linear probe 0.882 -> 0.884, finetune_top 0.901
-        # both ways. The cache stores float16 either way; the precision is part of the cache key.
+        # bfloat16 where the hardware has it (faster, the same accuracy: benchmarks/README.md). The cache stores
+        # float16 either way; the precision is part of the cache key.
         self.precision = resolve_precision(precision, device)
         self.trunk, top = split_model(backbone, cut)
         self.trunk = folded_copy(self.trunk)  # a copy: the backbone keeps its batch norms for fine-tuning
         if device.type == "cpu":
-            # measured on 2 cores, Lite0 at 224 px, 384 photos in batches of 16: 8.9 s channels-last, 12.6 s without
+            # channels-last convolutions are faster on a CPU (benchmarks/README.md)
             self.trunk.to(memory_format=torch.channels_last)
         # the pretrained top without dropout and head: activations -> pooled features
         self._pool = nn.Sequential(*[m for m in list(top)[:-1] if not isinstance(m, nn.Dropout)])

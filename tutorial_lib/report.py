@@ -46,6 +46,11 @@ def results_path(path: str | Path | None = None) -> Path:
     return PROJECT_ROOT / DEFAULT_RESULTS_PATH
 
 
+def output_folder(folder: str | Path | None, name: str, results: str | Path | None = None) -> Path:
+    """Where a notebook writes ``name`` ("figures", "cache"): ``folder`` if given, else beside the results file."""
+    return Path(folder) if folder else results_path(results).parent / name
+
+
 def load_results(path: str | Path | None = None) -> dict[str, Any]:
     """The recorded results, or an empty dict when nothing is recorded yet."""
     path = results_path(path)
