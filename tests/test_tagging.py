@@ -364,3 +364,23 @@ def test_catalogue_split_keeps_groups_on_one_side():
     assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
     plain_train, plain_test, _ = tlb.catalogue_split(catalogue, seed=0)  # unchanged without a pattern
     assert "group" not in plain_train.columns
+
+
+@pytest.mark.parametrize("existing", ["backup", "refuse"])
+def test_a_damaged_tagger_checkpoint_behaves_as_a_classifiers(vocab, tmp_path, existing):
+    """One checkpoint helper for every network: a damaged file is kept aside (or refused), never a crash."""
+    ids, _ = vocab.encode(catalogue(16))
+    acts = np.random.default_rng(1).normal(size=(16, 6)).astype(np.float32)
+    checkpoint = tmp_path / "tagger.pt"
+    checkpoint.write_bytes(b"PK\3\4 half a zip")
+    config = tg.TaggerConfig(epochs=1, batch_size=4)
+    if existing == "refuse":
+        with pytest.raises(tck.CheckpointError, match=r"tagger\.pt is not a readable checkpoint.*left untouched"):
+            tg.fit_tagger(tiny_lstm(vocab), (acts, ids), (acts, ids), config, torch.device("cpu"),
+                          checkpoint=checkpoint, progress=False, existing="refuse")
+        assert checkpoint.read_bytes() == b"PK\3\4 half a zip"
+        return
+    with pytest.warns(UserWarning, match=r"tagger\.pt is not a readable checkpoint.*kept as .*tagger\.pt\.bak"):
+        history = tg.fit_tagger(tiny_lstm(vocab), (acts, ids), (acts, ids), config, torch.device("cpu"),
+                                checkpoint=checkpoint, progress=False)
+    assert len(history) == 1 and tck.load_checkpoint(checkpoint)["epoch"] == 0

@@ -427,3 +427,16 @@ def test_fit_thresholds_on_scores_inside_one_grade(scores):
     thresholds = tlg.fit_thresholds(scores, y, 5)
     assert np.all(np.diff(thresholds) > 0)
     assert tlg.apply_thresholds(scores, thresholds).shape == y.shape
+
+
+def test_other_data_of_the_same_size_and_label_sum_is_not_resumed(tmp_path):
+    """Resuming needs the same data *content*: the old rule (sizes and the sum of the labels) resumed this."""
+    train, val = _toy_problem()
+    kwargs = dict(head_prefixes=["3"], n_classes=3, train_labels=train.tensors[1].numpy(), progress=False)
+    config = tlt.TrainConfig(epochs=2, batch_size=16, seed=0)
+    ckpt = tmp_path / "run.pt"
+    tlt.fit_classifier(_toy_model(), train, val, config, torch.device("cpu"), checkpoint=ckpt, **kwargs)
+    shifted = torch.utils.data.TensorDataset(train.tensors[0] + 1.0, train.tensors[1])  # same size, same labels
+    with pytest.warns(UserWarning, match=r"another run: data=.*kept as .*run\.pt\.bak"):
+        history = tlt.fit_classifier(_toy_model(), shifted, val, config, torch.device("cpu"), checkpoint=ckpt, **kwargs)
+    assert list(history["epoch"]) == [1, 2]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = ["baselines", "bench", "checkpoint", "cli", "data", "distributed", "env", "explain", "export", "frozen", "grades", "handcrafted", "inference", "jobs", "loop", "metrics", "models", "plots", "prepare", "preprocess", "profiles", "report", "runner", "tagging", "train"]
 
 

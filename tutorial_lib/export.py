@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__, preprocess
+from . import preprocess
+from ._version import __version__
 from ._io import atomic_path, atomic_write_text, file_sha256
 from .models import Backbone
 

@@ -283,7 +283,7 @@ class ImageFeatures(_Stateless):
         import PIL
         import skimage
 
-        from . import __version__
+        from ._version import __version__
 
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in ("n_jobs", "cache_dir", "chunk_size", "progress")}
         return fingerprint(repr((FEATURES_VERSION, __version__, skimage.__version__, PIL.__version__, np.__version__,
