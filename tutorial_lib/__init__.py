@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["bench", "cli", "data", "distributed", "env", "explain", "export", "features", "inference", "jobs", "metrics", "models", "plots", "prepare", "preprocess", "report", "runner", "tagging", "train"]
+__all__ = ["data", "distributed", "env", "explain", "export", "features", "inference", "metrics", "models", "plots", "preprocess", "report", "tagging", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -57,7 +58,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (runner.NotebookFailed, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    from .report import results_path
+    from ..report import results_path
 
     total = sum(r.seconds for r in runs)
     print(f"\nDone: {len(runs)} notebook(s) in {total:.0f} s.")
@@ -70,8 +71,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchSettings, run_bench, write_report
-    from .env import get_device
+    from .bench import BenchSettings, run_bench
+    from .bench_report import write_report
+    from ..env import get_device
 
     options = {"run_demo": not args.skip_demo, "results": args.results, "threshold": args.threshold}
     if args.budget_s is not None:
@@ -85,14 +87,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from .data import list_datasets
+    from ..data import list_datasets
 
     print(list_datasets()[["kind", "task", "licence", "description"]].to_string(max_colwidth=70))
     return 0
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from .data import DataError, fetch
+    from ..data import DataError, fetch
 
     try:
         for path in fetch(args.name):
@@ -104,7 +106,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from .models import WeightsUnavailableError, download_googlenet_weights
+    from ..models import WeightsUnavailableError, download_googlenet_weights
 
     try:
         print(download_googlenet_weights())
@@ -115,7 +117,7 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .data import DataError
+    from ..data import DataError
     from .jobs import train_job
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
@@ -135,9 +137,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if summary["world_size"] == 1 or int(__import__("os").environ.get("RANK", 0)) == 0:
+    if summary["world_size"] == 1 or int(os.environ.get("RANK", 0)) == 0:
         scores = "  ".join(f"{split} {name} {value:.3f}" for split, m in summary["metrics"].items()
-                           for name, value in m.items() if name in ("accuracy", "quadratic_weighted_kappa", "qwk", "kappa"))
+                           for name, value in m.items() if name in ("accuracy", "qwk"))
         print(f"{summary['dataset']}: {summary['strategy']} of {summary['backbone']} on {summary['world_size']} "
               f"process(es), {summary['seconds']:.0f} s; {scores}")
         if args.results:
@@ -146,8 +148,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .data import DataError
-    from .env import default_num_workers
+    from ..data import DataError
+    from ..env import default_num_workers
     from .prepare import open_source, prepare
 
     try:
@@ -162,7 +164,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .data import DataError
+    from ..data import DataError
     from .prepare import kaggle_download
 
     try:
@@ -219,8 +221,8 @@ def _add_scale_out_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .export import ModelFileError
-    from .inference import PredictError, predict_table
+    from ..export import ModelFileError
+    from ..inference import PredictError, predict_table
 
     try:
         table, skipped = predict_table(args.model, args.images, batch_size=args.batch_size, device=args.device,
@@ -245,7 +247,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .export import ModelFileError, export_onnx
+    from ..export import ModelFileError, export_onnx
 
     try:
         out = export_onnx(args.model, args.out, opset=args.opset)
