@@ -17,12 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
 import tutorial_lib.data as tld
-import tutorial_lib.prepare as tlp
+import tutorial_lib.tools.prepare as tlp
 from tutorial_lib.models import load_backbone
 
 
@@ -49,17 +48,16 @@ def prepare_rate(folder: Path, n: int = 60) -> float:
 
 
 def fundus_rate(folder: Path, n: int = 6) -> float:
-    rows = ["image,level"]
+    photos = []
     for i in range(n):
         image = Image.new("RGB", (3888, 2592))
         ImageDraw.Draw(image).ellipse((600, 50, 3300, 2550), fill=(170, 70 + 20 * (i % 5), 40))
         (folder / "eyepacs" / "train").mkdir(parents=True, exist_ok=True)
         image.save(folder / "eyepacs" / "train" / f"{i}_left.jpeg", quality=90)
-        rows.append(f"{i}_left,{i % 2}")
-    split = tld.ImageSplit([folder / "eyepacs" / "train" / f"{i}_left.jpeg" for i in range(n)], np.arange(n) % 2)
+        photos.append(folder / "eyepacs" / "train" / f"{i}_left.jpeg")
     started = time.perf_counter()
-    for i in range(n):
-        tlp._process(split, i, 512, "disc")
+    for photo in photos:
+        tlp.process_image(photo, 512, "disc")
     return n / (time.perf_counter() - started)
 
 

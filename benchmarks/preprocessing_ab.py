@@ -18,7 +18,7 @@ which = sys.argv[1]
 VIEWS = ("identity",) if which == "clothing" else ("identity", "hflip")  # clothing: one view, to fit the time
 device = torch.device("cpu"); SEED = 0
 tl.env.seed_everything(SEED)
-profile = tl.train.get_profile("default", device)
+profile = tl.profiles.get_profile("default", device)
 out = {}
 if which == "clothing":
     data = tl.data.load_dataset("clothing", seed=SEED)
@@ -41,17 +41,16 @@ labels = {n: s.labels for n, s in splits.items()}
 for name, tf in variants.items():
     backbone = tl.models.load_backbone("auto", num_classes=len(data.classes))
     t = time.time()
-    frozen = tl.train.FrozenTrunk(backbone, tl.train.top_stages(backbone, stages), tf, device,
-                                  cache_dir=f"outputs/cache/preprocessing_ab_{which}", batch_size=profile.batch_size)
-    cfg = tl.train.TrainConfig(epochs=profile.top_epochs, batch_size=64, lr_head=1e-3, lr_backbone=5e-4,
-                               weight_decay=1e-2, seed=SEED)
+    frozen = tl.frozen.FrozenTrunk(backbone, tl.frozen.cut_before_last(backbone, stages), tf, device,
+                                   cache_dir=f"outputs/cache/preprocessing_ab_{which}", batch_size=profile.batch_size)
+    cfg = tl.train.top_config(profile, seed=SEED)
     r = tl.train.finetune_top(frozen, splits, cfg, n_classes=len(data.classes), train_views=VIEWS,
                               score=score, progress=False)
     row = {"seconds": round(time.time() - t, 1), "backbone": backbone.name}
     for split in ("val", "test"):
         row[f"{split}_accuracy"] = float((r.probs[split].argmax(1) == labels[split]).mean())
         if which == "retina":
-            rules, th = tl.train.ordinal_predictions(r.probs, labels)
+            rules, th = tl.grades.ordinal_predictions(r.probs, labels)
             row[f"{split}_qwk_argmax"] = score(labels[split], rules["argmax"][split])
             row[f"{split}_qwk_thresholds"] = score(labels[split], rules["thresholds"][split])
     out[name] = row

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from torchvision import transforms
 
 import tutorial_lib as tl
-from tutorial_lib import cli
+from tutorial_lib.tools import cli
 from tutorial_lib.export import ModelFileError, load_model, save_model
 from tutorial_lib.inference import PredictError
 

@@ -14,7 +14,7 @@ import nbformat
 import papermill
 import pytest
 
-import tutorial_lib.runner as tlrun
+import tutorial_lib.tools.runner as tlrun
 
 NOTEBOOKS = tlrun.discover_notebooks()
 

@@ -1,4 +1,4 @@
-"""tutorial_lib.prepare and data.load_registered: the full datasets' layouts (small synthetic replicas),
+"""tutorial_lib.tools.prepare and data.load_registered: the full datasets' layouts (small synthetic replicas),
 Kaggle credentials, and the resumable one-off preparation into memory-mapped arrays."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import tutorial_lib.data as tld
-import tutorial_lib.prepare as tlp
+import tutorial_lib.tools.prepare as tlp
 
 
 def _fundus(path, grade: int, size=(72, 56)):
@@ -173,7 +173,7 @@ def test_prepare_in_worker_processes_lists_damaged_files(eyepacs_replica, tmp_pa
 
 
 def test_cli_prepare_then_train_on_the_prepared_folder(photo_folder, tmp_path, capsys):
-    from tutorial_lib.cli import main
+    from tutorial_lib.tools.cli import main
 
     out = tmp_path / "prepared"
     assert main(["prepare", str(photo_folder), "--size", "32", "--output", str(out), "--workers", "0"]) == 0

@@ -89,7 +89,7 @@ def test_batch_kernel_stores_text_and_a_server_kernel_draws_a_widget(tmp_path):
 
 def test_runner_kernels_draw_text(tmp_path, monkeypatch):
     """`python -m tutorial_lib run` (make demo) executes notebooks with TUTORIAL_LIB_PROGRESS=text."""
-    import tutorial_lib.runner as tlrun
+    import tutorial_lib.tools.runner as tlrun
 
     monkeypatch.delenv("TUTORIAL_LIB_PROGRESS", raising=False)
     params = new_code_cell("RESULTS_PATH = ''")
@@ -128,7 +128,7 @@ def test_every_library_loop_draws_through_the_progress_helper():
     from pathlib import Path
 
     package = Path(tlp.__file__).parent
-    direct = [f"{p.name}:{n}" for p in sorted(package.glob("*.py")) if p.name != "progress.py"
+    direct = [f"{p.name}:{n}" for p in sorted(package.rglob("*.py")) if p.name != "progress.py"
               for n, line in enumerate(p.read_text().splitlines(), 1)
               if re.search(r"^\s*(from tqdm|import tqdm)", line)]
     assert not direct, f"import tqdm through tutorial_lib.progress instead: {direct}"

@@ -1,4 +1,4 @@
-"""tutorial_lib.runner and the CLI: batch execution with papermill."""
+"""tutorial_lib.tools.runner and the CLI: batch execution with papermill."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-import tutorial_lib.runner as tlrun
-from tutorial_lib.cli import main
+import tutorial_lib.tools.runner as tlrun
+from tutorial_lib.tools.cli import main
 
 
 def _notebook(path, body: str, params: str = "SIZE = 3\nNAME = 'x'\nRESULTS_PATH = ''"):

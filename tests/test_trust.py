@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 import tutorial_lib.checkpoint as tck
-import tutorial_lib.cli as tlcli
+import tutorial_lib.tools.cli as tlcli
 import tutorial_lib.data as tld
 import tutorial_lib.report as tlr
-import tutorial_lib.runner as tlrun
+import tutorial_lib.tools.runner as tlrun
 import tutorial_lib.train as tlt
 from conftest import write_image
 from tutorial_lib._io import atomic_path, atomic_save, atomic_write_text, default_mode
@@ -278,7 +278,7 @@ def test_resume_restores_python_and_numpy_random_state(tmp_path):
 
 
 def test_ctrl_c_at_the_command_line_says_how_to_resume(monkeypatch, capsys, tmp_path):
-    import tutorial_lib.jobs as jobs
+    import tutorial_lib.tools.jobs as jobs
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -352,7 +352,7 @@ def test_written_files_get_the_umask_permissions(tmp_path):
 
 
 def test_prepare_redoes_its_arrays_when_a_photo_is_replaced(tmp_path):
-    import tutorial_lib.prepare as tlp
+    import tutorial_lib.tools.prepare as tlp
 
     root = _folder(tmp_path / "photos", per_class=6)
     data = tld.load_dataset(root)
@@ -378,7 +378,7 @@ def test_sigint_at_the_command_line_prints_one_line_and_no_traceback(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     script = tmp_path / "slow.py"
-    script.write_text("import sys, time\nimport tutorial_lib.cli as cli, tutorial_lib.jobs as jobs\n"
+    script.write_text("import sys, time\nimport tutorial_lib.tools.cli as cli, tutorial_lib.tools.jobs as jobs\n"
                       "def slow(*a, **k):\n    print('training', flush=True)\n    time.sleep(60)\n"
                       "jobs.train_job = slow\n"
                       "sys.exit(cli.main(['train', '--data', 'x', '--checkpoint', sys.argv[1]]))\n")

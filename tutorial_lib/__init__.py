@@ -10,8 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._version import __version__
-__all__ = ["baselines", "bench", "checkpoint", "cli", "data", "distributed", "env", "explain", "export", "frozen", "grades", "handcrafted", "inference", "jobs", "loop", "metrics", "models", "plots", "prepare", "preprocess", "profiles", "report", "runner", "tagging", "train"]
+__all__ = ["baselines", "checkpoint", "data", "distributed", "env", "explain", "export", "frozen", "grades", "handcrafted", "inference", "loop", "metrics", "models", "plots", "preprocess", "profiles", "report", "tagging", "train"]
 
 
 def __getattr__(name: str) -> Any:

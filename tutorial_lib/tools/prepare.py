@@ -26,11 +26,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._io import atomic_write_text, fingerprint
-from .data import (REGISTRY, ClassificationData, DataError, ImageSplit, cache_dir, fetch, load_dataset,
-                   load_registered, load_retinamnist)
+from .._io import atomic_write_text, fingerprint
+from ..data import (REGISTRY, ClassificationData, DataError, ImageSplit, cache_dir, fetch, load_dataset,
+                    load_registered, load_retinamnist)
+from ..preprocess import NoDiscFoundWarning, crop_to_disc, resize_pad
+from ..progress import tqdm
 
-PREPARED_VERSION = 1
 SPLITS = ("train", "val", "test")
 KAGGLE_COMMANDS = {
     "eyepacs": ["competitions", "download", "-c", "diabetic-retinopathy-detection"],
@@ -115,14 +116,9 @@ def prepared_dir(name: str, size: int) -> Path:
 # --------------------------------------------------------------------------- the preparation step
 
 
-def _process(split: ImageSplit, index: int, size: int, crop: str) -> np.ndarray:
-    """One image of ``split``, decoded, cropped and resized: ``(size, size, 3)`` uint8."""
-    return _process_item(split.images[index], size, crop)
-
-
-def _process_item(item: Any, size: int, crop: str) -> np.ndarray:
-    from .preprocess import NoDiscFoundWarning, crop_to_disc, resize_pad
-
+def process_image(item: Any, size: int, crop: str) -> np.ndarray:
+    """One image (a file path or an array), decoded, cropped (``"disc"`` or ``"pad"``) and resized:
+    ``(size, size, 3)`` uint8."""
     image = ImageSplit([item] if isinstance(item, (str, Path)) else np.asarray(item)[None], np.zeros(1)).image(0)
     if crop == "disc":
         with warnings.catch_warnings():
@@ -134,16 +130,16 @@ def _process_item(item: Any, size: int, crop: str) -> np.ndarray:
 
 
 def _try_process(args: tuple[Any, int, str]) -> tuple[np.ndarray | None, str]:
-    """:func:`_process_item` for a worker process: the array, or ``None`` and why it failed."""
+    """:func:`process_image` for a worker process: the array, or ``None`` and why it failed."""
     try:
-        return _process_item(*args), ""
+        return process_image(*args), ""
     except (OSError, ValueError, SyntaxError) as err:  # a damaged file
         return None, f"{args[0]}: {type(err).__name__}: {err}"[:300]
 
 
 def _fingerprint(data: ClassificationData, size: int, crop: str) -> str:
     """What the prepared arrays depend on: settings, classes, labels, and the images' content."""
-    parts = [{"size": size, "crop": crop, "classes": data.classes, "version": PREPARED_VERSION}]
+    parts = [{"size": size, "crop": crop, "classes": data.classes}]
     for name in SPLITS:
         parts += [data.splits[name].images, data.splits[name].labels]
     return fingerprint(*parts)
@@ -168,6 +164,50 @@ def _open_array(path: Path, shape: tuple[int, ...]) -> np.memmap:
     return np.load(path, mmap_mode="r+")
 
 
+def _resume_state(out: Path, fingerprint: str) -> dict[str, Any]:
+    """The progress of an earlier run on the same data and settings, or a fresh start (saved at once)."""
+    progress_path = out / "progress.json"
+    state = json.loads(progress_path.read_text()) if progress_path.exists() else {}
+    if state.get("fingerprint") != fingerprint:
+        if state:
+            warnings.warn(f"{out} holds a preparation of other data or settings: starting afresh.", stacklevel=3)
+        (out / "manifest.json").unlink(missing_ok=True)
+        state = {"fingerprint": fingerprint, "done": {s: [] for s in SPLITS}, "failed": {s: [] for s in SPLITS},
+                 "seconds": 0.0}
+        _write_json(progress_path, state)
+    return state
+
+
+def _decode_chunk(split: ImageSplit, indices: range, images: np.memmap, failed: list, *, size: int, crop: str,
+                  pool: Any, bar: Any) -> None:
+    """Decode the images at ``indices`` (in ``pool``'s processes if there is one) into ``images``; a damaged file
+    becomes a black image and is listed in ``failed``."""
+    jobs = [(split.images[i], size, crop) for i in indices]
+    done = pool.map(_try_process, jobs, chunksize=8) if pool else map(_try_process, jobs)
+    for i, (array, problem) in zip(indices, done):
+        if array is None:  # a damaged file: black, listed, and left out by load_prepared
+            images[i] = 0
+            failed.append([i, problem])
+        else:
+            images[i] = array
+        bar.update(1)
+    images.flush()
+
+
+def _write_manifest(out: Path, data: ClassificationData, state: dict[str, Any], *, size: int, crop: str,
+                    sizes: dict[str, int]) -> None:
+    """The last file of a preparation: what is in the folder, what failed, and how fast it went."""
+    manifest_path = out / "manifest.json"
+    n_failed = sum(len(v) for v in state["failed"].values())
+    if n_failed:
+        warnings.warn(f"{n_failed} image(s) could not be decoded and are left out; see {manifest_path}.", stacklevel=3)
+    total = sum(sizes.values())
+    _write_json(manifest_path, {
+        "name": data.name, "classes": list(data.classes), "size": size, "crop": crop, "split_note": data.split_note,
+        "splits": sizes, "failed": state["failed"], "fingerprint": state["fingerprint"],
+        "seconds": round(state["seconds"], 1), "images_per_second": round(total / max(state["seconds"], 1e-9), 1)})
+
+
 def prepare(data: ClassificationData, out: str | Path | None = None, *, size: int = 224, crop: str | None = None,
             chunk_size: int = 256, workers: int = 0, progress: bool = True,
             max_chunks: int | None = None) -> Path | None:
@@ -181,27 +221,17 @@ def prepare(data: ClassificationData, out: str | Path | None = None, *, size: in
     """
     from concurrent.futures import ProcessPoolExecutor
 
-    from .progress import tqdm
-
     crop = crop or default_crop(data)
     if crop not in ("disc", "pad"):
         raise ValueError(f"crop must be 'disc' or 'pad', got {crop!r}")
     out = Path(out) if out is not None else prepared_dir(data.name, size)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(data, size, crop)
-    progress_path, manifest_path = out / "progress.json", out / "manifest.json"
+    manifest_path = out / "manifest.json"
     if manifest_path.exists() and json.loads(manifest_path.read_text()).get("fingerprint") == fingerprint:
         return out  # already prepared
-    state = json.loads(progress_path.read_text()) if progress_path.exists() else {}
-    if state.get("fingerprint") != fingerprint:
-        if state:
-            warnings.warn(f"{out} holds a preparation of other data or settings: starting afresh.", stacklevel=2)
-        manifest_path.unlink(missing_ok=True)
-        state = {"fingerprint": fingerprint, "done": {s: [] for s in SPLITS}, "failed": {s: [] for s in SPLITS},
-                 "seconds": 0.0}
-        _write_json(progress_path, state)
+    state = _resume_state(out, fingerprint)
     sizes = {s: len(data.splits[s]) for s in SPLITS}
-    chunks = {s: range(0, n, chunk_size) for s, n in sizes.items()}
     already = sum(min(chunk_size, sizes[s] - c * chunk_size) for s in SPLITS for c in state["done"][s])
     bar = tqdm(total=sum(sizes.values()), initial=already, desc=f"preparing {data.name} at {size} px", unit="img",
                disable=not progress)
@@ -212,40 +242,24 @@ def prepare(data: ClassificationData, out: str | Path | None = None, *, size: in
             split = data.splits[name]
             np.save(out / f"{name}_labels.npy", np.asarray(split.labels, dtype=np.int64))
             images = _open_array(out / f"{name}_images.npy", (sizes[name], size, size, 3))
-            for c, start in enumerate(chunks[name]):
+            for c, start in enumerate(range(0, sizes[name], chunk_size)):
                 if c in state["done"][name]:
                     continue
                 if max_chunks is not None and new_chunks >= max_chunks:
                     return None
-                indices = range(start, min(start + chunk_size, sizes[name]))
-                jobs = [(split.images[i], size, crop) for i in indices]
-                done = pool.map(_try_process, jobs, chunksize=8) if pool else map(_try_process, jobs)
-                for i, (array, problem) in zip(indices, done):
-                    if array is None:  # a damaged file: black, listed, and left out by load_prepared
-                        images[i] = 0
-                        state["failed"][name].append([i, problem])
-                    else:
-                        images[i] = array
-                    bar.update(1)
-                images.flush()
+                _decode_chunk(split, range(start, min(start + chunk_size, sizes[name])), images,
+                              state["failed"][name], size=size, crop=crop, pool=pool, bar=bar)
                 state["done"][name].append(c)
                 state["seconds"] += time.perf_counter() - started
                 started = time.perf_counter()
-                _write_json(progress_path, state)
+                _write_json(out / "progress.json", state)
                 new_chunks += 1
             del images
     finally:
         bar.close()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    n_failed = sum(len(v) for v in state["failed"].values())
-    if n_failed:
-        warnings.warn(f"{n_failed} image(s) could not be decoded and are left out; see {manifest_path}.", stacklevel=2)
-    total = sum(sizes.values())
-    _write_json(manifest_path, {
-        "name": data.name, "classes": list(data.classes), "size": size, "crop": crop, "split_note": data.split_note,
-        "splits": sizes, "failed": state["failed"], "fingerprint": fingerprint, "version": PREPARED_VERSION,
-        "seconds": round(state["seconds"], 1), "images_per_second": round(total / max(state["seconds"], 1e-9), 1)})
+    _write_manifest(out, data, state, size=size, crop=crop, sizes=sizes)
     return out
 
 

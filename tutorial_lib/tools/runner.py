@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import PROJECT_ROOT
-from .report import record_runtime, results_path
+from ..data import PROJECT_ROOT
+from ..report import record_runtime, results_path
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 DEFAULT_OUTPUT_DIR = PROJECT_ROOT / "outputs" / "notebooks"
@@ -103,13 +103,13 @@ def _check_value(notebook: Path, name: str, value: Any, default_text: str | None
 def _check_choice(notebook: Path, name: str, value: Any) -> None:
     """PROFILE and DEVICE have a fixed set of values: refuse a typo before a kernel starts."""
     if name == "PROFILE":
-        from .train import PROFILES
+        from ..profiles import PROFILES
 
         allowed = ("auto", *PROFILES)
         if value not in allowed:
             raise ValueError(f"{notebook.name}: PROFILE {value!r} is not one of {', '.join(allowed)}.")
     elif name == "DEVICE":
-        from .env import DEVICE_CHOICES
+        from ..env import DEVICE_CHOICES
 
         text = str(value).lower()
         if text not in DEVICE_CHOICES and not (text.startswith("cuda:") and text[5:].isdigit()):
@@ -215,7 +215,7 @@ def run_notebook(notebook: Path, output: Path, parameters: dict[str, Any] | None
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "tutorial_lib.runner", str(notebook), str(output),
+        [sys.executable, "-m", "tutorial_lib.tools.runner", str(notebook), str(output),
          json.dumps(parameters or {}), str(notebook.parent)],
         capture_output=True, text=True)
     seconds = time.perf_counter() - start

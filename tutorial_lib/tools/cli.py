@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from . import runner
 
+
+
+def _precision(text: str) -> str:
+    """``--precision``: one of :data:`tutorial_lib.env.PRECISIONS` (imported only when the flag is given)."""
+    from ..env import PRECISIONS
+
+    if text not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"{text!r}: use one of {', '.join(PRECISIONS)}")
+    return text
 
 def whole(low: int, high: int | None = None) -> "Callable[[str], int]":
     """An argparse ``type``: a whole number in ``[low, high]``; argparse names the flag in its error."""
@@ -57,7 +67,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (runner.NotebookFailed, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    from .report import results_path
+    from ..report import results_path
 
     total = sum(r.seconds for r in runs)
     print(f"\nDone: {len(runs)} notebook(s) in {total:.0f} s.")
@@ -70,8 +80,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import BenchSettings, run_bench, write_report
-    from .env import get_device
+    from .bench import BenchSettings, run_bench
+    from .bench_report import write_report
+    from ..env import get_device
 
     options = {"run_demo": not args.skip_demo, "results": args.results, "threshold": args.threshold}
     if args.budget_s is not None:
@@ -85,14 +96,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from .data import list_datasets
+    from ..data import list_datasets
 
     print(list_datasets()[["kind", "task", "licence", "description"]].to_string(max_colwidth=70))
     return 0
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from .data import DataError, fetch
+    from ..data import DataError, fetch
 
     try:
         for path in fetch(args.name):
@@ -104,7 +115,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights(args: argparse.Namespace) -> int:
-    from .models import WeightsUnavailableError, download_googlenet_weights
+    from ..models import WeightsUnavailableError, download_googlenet_weights
 
     try:
         print(download_googlenet_weights())
@@ -115,7 +126,7 @@ def _cmd_weights(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .data import DataError
+    from ..data import DataError
     from .jobs import train_job
 
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
@@ -128,16 +139,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         summary = train_job(args.data, backbone=args.backbone, strategy=args.strategy, epochs=args.epochs,
                             batch_size=args.batch_size, accumulate=args.accumulate, image_size=args.image_size,
                             checkpoint=args.checkpoint, results=args.results, seed=args.seed, device=args.device,
-                            amp=args.amp, amp_dtype=args.amp_dtype, channels_last=args.channels_last,
+                            precision=args.precision, channels_last=args.channels_last,
                             max_images=args.max_images, num_workers=args.num_workers, lr_head=args.lr_head,
                             lr_backbone=args.lr_backbone, source=args.source, progress=not args.quiet,
                             overwrite=args.overwrite)
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if summary["world_size"] == 1 or int(__import__("os").environ.get("RANK", 0)) == 0:
+    if summary["world_size"] == 1 or int(os.environ.get("RANK", 0)) == 0:
         scores = "  ".join(f"{split} {name} {value:.3f}" for split, m in summary["metrics"].items()
-                           for name, value in m.items() if name in ("accuracy", "quadratic_weighted_kappa", "qwk", "kappa"))
+                           for name, value in m.items() if name in ("accuracy", "qwk"))
         print(f"{summary['dataset']}: {summary['strategy']} of {summary['backbone']} on {summary['world_size']} "
               f"process(es), {summary['seconds']:.0f} s; {scores}")
         if args.results:
@@ -146,8 +157,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .data import DataError
-    from .env import default_num_workers
+    from ..data import DataError
+    from ..env import default_num_workers
     from .prepare import open_source, prepare
 
     try:
@@ -162,7 +173,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .data import DataError
+    from ..data import DataError
     from .prepare import kaggle_download
 
     try:
@@ -189,8 +200,9 @@ def _add_scale_out_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--results", help="results JSON file (rank 0 writes it)")
     train.add_argument("--seed", type=whole(0), default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
-    train.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="default: on for CUDA")
-    train.add_argument("--amp-dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    train.add_argument("--precision", type=_precision, default=None,
+                       help="tutorial_lib.env.PRECISIONS; default: auto (bfloat16 where the GPU has it) on CUDA, "
+                            "float32 elsewhere; float16 adds a gradient scaler")
     train.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="default: on for CUDA")
     train.add_argument("--max-images", type=whole(1), help="cap on every split (smoke runs)")
@@ -219,8 +231,8 @@ def _add_scale_out_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .export import ModelFileError
-    from .inference import PredictError, predict_table
+    from ..export import ModelFileError
+    from ..inference import PredictError, predict_table
 
     try:
         table, skipped = predict_table(args.model, args.images, batch_size=args.batch_size, device=args.device,
@@ -245,7 +257,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
-    from .export import ModelFileError, export_onnx
+    from ..export import ModelFileError, export_onnx
 
     try:
         out = export_onnx(args.model, args.out, opset=args.opset)
