@@ -140,7 +140,7 @@ def test_prepare_resumes_after_an_interruption(eyepacs_replica, tmp_path):
 def test_prepared_embedded_clothing_feeds_the_training_loop(clothing, tmp_path):
     import torch
 
-    from tutorial_lib.train import TrainConfig, fit
+    from tutorial_lib.train import TrainConfig, fit_classifier
 
     small = tld.ClassificationData("clothing", clothing.classes, clothing.train.subset(range(24)),
                                    clothing.val.subset(range(8)), clothing.test.subset(range(8)), info=clothing.info)
@@ -152,7 +152,7 @@ def test_prepared_embedded_clothing_feeds_the_training_loop(clothing, tmp_path):
     to_tensor = transforms.ToTensor()
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                               torch.nn.Linear(4, len(data.classes)))
-    history = fit(net, tld.ImageDataset(data.train, to_tensor), tld.ImageDataset(data.val, to_tensor),
+    history = fit_classifier(net, tld.ImageDataset(data.train, to_tensor), tld.ImageDataset(data.val, to_tensor),
                   TrainConfig(epochs=1, batch_size=8), torch.device("cpu"), n_classes=len(data.classes),
                   train_labels=data.train.labels, progress=False)
     assert len(history) == 1
