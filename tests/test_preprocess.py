@@ -208,10 +208,10 @@ def test_clothing_augmentation_output_size(clothing):
 
 def test_exact_views():
     image = Image.fromarray(np.arange(24, dtype=np.uint8).reshape(2, 4, 3))
-    assert (np.asarray(tlp.Flip()(image)) == np.asarray(image)[:, ::-1]).all()
-    assert (np.asarray(tlp.Flip(horizontal=False, vertical=True)(image)) == np.asarray(image)[::-1]).all()
-    assert (np.asarray(tlp.Rotate90(1)(image)) == np.rot90(np.asarray(image))).all()
-    assert tlp.Rotate90(4)(image).size == image.size
+    assert (np.asarray(tlp.View("hflip")(image)) == np.asarray(image)[:, ::-1]).all()
+    assert (np.asarray(tlp.View("vflip")(image)) == np.asarray(image)[::-1]).all()
+    assert (np.asarray(tlp.View("rot90")(image)) == np.rot90(np.asarray(image))).all()
+    assert tlp.View("identity")(image).size == image.size
 
 
 # --------------------------------------------------------------------------- bad input
@@ -219,8 +219,9 @@ def test_exact_views():
 
 def _all_transforms():
     return [tlp.ToRGB(), tlp.Resize(32), tlp.ResizePad(32), tlp.FundusCrop(32), tlp.BenGraham(), tlp.RingMask(),
-            tlp.CLAHE(), tlp.Flip(), tlp.Rotate90(), tlp.fundus_pipeline(32), tlp.fundus_pipeline(32, augment=True),
-            tlp.fundus_pipeline(32, normalise="clahe"), tlp.clothing_pipeline(32, augment=True)]
+            tlp.CLAHE(), tlp.View("hflip"), tlp.View("rot90"), tlp.fundus_pipeline(32),
+            tlp.fundus_pipeline(32, augment=True), tlp.fundus_pipeline(32, normalise="clahe"),
+            tlp.clothing_pipeline(32, augment=True)]
 
 
 def _synthetic(mode: str, size=(37, 23)) -> Image.Image:
@@ -349,7 +350,7 @@ def test_prepare_split_is_cached_and_counts_photos_without_a_disc(tmp_path, monk
     def no_decoding(*args, **kwargs):
         raise AssertionError("a cached photo was decoded again")
 
-    monkeypatch.setattr(tld, "open_image", no_decoding)
+    monkeypatch.setattr(tlp, "open_image", no_decoding)
     with pytest.warns(tlp.NoDiscFoundWarning, match="1 of 3"):  # the count comes back from the cache too
         again = tlp.prepare_split(split, tlp.FundusCrop(48), 48, cache_dir=tmp_path / "cache")
     assert np.array_equal(first.images, again.images)

@@ -21,18 +21,14 @@ STRATEGIES = ("finetune_full", "finetune_top")
 def load_training_data(data: str, *, source: str | None = None, image_size: int = 224,
                        seed: int = 0) -> ClassificationData:
     """A prepared folder, a registry name (its prepared cache at ``image_size`` if there is one), or your data."""
-    from .data import load_registered
-    from .prepare import is_prepared, load_prepared, open_source, prepared_dir
+    from .data import load_dataset
+    from .prepare import is_prepared, load_prepared, prepared_dir
 
     if is_prepared(data):
         return load_prepared(data)
-    if data in REGISTRY:
-        cached = prepared_dir(data, image_size)
-        if is_prepared(cached):
-            return load_prepared(cached)
-        if REGISTRY[data].kind == "manual":
-            return load_registered(data, source, seed=seed)
-    return open_source(data, source, seed=seed)
+    if data in REGISTRY and is_prepared(prepared_dir(data, image_size)):
+        return load_prepared(prepared_dir(data, image_size))
+    return load_dataset(data, folder=source, seed=seed)
 
 
 def train_job(data: str, *, backbone: str = "auto", strategy: str = "finetune_full", epochs: int = 1,
