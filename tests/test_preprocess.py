@@ -214,6 +214,23 @@ def test_exact_views():
     assert tlp.View("identity")(image).size == image.size
 
 
+def test_views_are_the_eight_symmetries_and_key_caches_by_name():
+    image = Image.fromarray(np.arange(24, dtype=np.uint8).reshape(2, 4, 3))
+    outputs = {np.asarray(tlp.View(name)(image)).tobytes() + bytes(tlp.View(name)(image).size) for name in tlp.VIEWS}
+    assert len(outputs) == 8
+    assert repr(tlp.View("hflip")) == "View('hflip')" and pickle.loads(pickle.dumps(tlp.View("rot90"))) == \
+        tlp.View("rot90")
+    with pytest.raises(ValueError, match="Unknown view 'flip'"):
+        tlp.View("flip")
+
+
+def test_disc_mask_is_what_the_ring_mask_keeps():
+    image = Image.fromarray(np.full((30, 40, 3), 200, np.uint8))
+    kept = (np.asarray(tlp.ring_mask(image, keep=0.8, fill=0)) > 0).all(axis=2)
+    assert (kept == tlp.disc_mask((30, 40), 0.8)).all() and kept.sum() > 0 and not kept.all()
+    assert (tlp.disc_mask((30, 40, 3), 1.0, radius=7.5) == tlp.disc_mask((30, 40), 0.5)).all()
+
+
 # --------------------------------------------------------------------------- bad input
 
 
