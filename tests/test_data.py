@@ -145,6 +145,44 @@ def test_manual_dataset_explains_the_kaggle_step(tmp_path, monkeypatch):
         tld.fetch("eyepacs")
 
 
+def test_one_resolver_reads_every_registered_layout(tmp_path):
+    """load_dataset reads a downloadable set from the folder that holds it, by its registry row's layout."""
+    arrays = {f"{s}_{k}": v for s in ("train", "val", "test") for k, v in
+              (("images", np.zeros((4, 8, 8, 3), np.uint8)), ("labels", np.array([[0], [1], [2], [4]])))}
+    np.savez(tmp_path / "retinamnist_64.npz", **arrays)
+    data = tld.load_dataset("retinamnist_64", folder=tmp_path)
+    assert data.name == "retinamnist_64" and data.info is tld.REGISTRY["retinamnist_64"] and len(data.train) == 4
+    assert tld.locate(tmp_path) == (None, tmp_path)
+    with pytest.raises(tld.DataError, match="use load_tag_dataset"):
+        tld.load_dataset("fashion")
+    with pytest.raises(tld.DataError, match="use load_dataset"):
+        tld.load_tag_dataset("clothing")
+    with pytest.raises(tld.DataError, match="fetch"):
+        tld.load_dataset("fashion_mnist")
+
+
+def test_kaggle_rows_carry_their_command():
+    kaggle = {name: info for name, info in tld.REGISTRY.items() if info.kaggle}
+    assert set(kaggle) == {"eyepacs", "aptos2019", "fashion_products_full"}
+    for name, info in kaggle.items():
+        command = " ".join(["kaggle", *info.kaggle_command(f"<cache>/{name}")])
+        assert command in info.manual_steps and "<kaggle>" not in info.manual_steps
+
+
+def test_stratified_split_holds_out_a_fraction_or_a_count_and_keeps_groups_apart():
+    y = np.repeat(np.arange(4), 10)
+    keep, held = tld.stratified_split(np.arange(40), y, 0.25, seed=0)
+    assert len(held) == 10 and np.bincount(y[held]).min() >= 2  # stratified: every class held out
+    assert sorted(np.concatenate([keep, held]).tolist()) == list(range(40)) and (np.diff(keep) > 0).all()
+    keep, held = tld.stratified_split(np.arange(40), y, 8, seed=0)
+    assert len(held) == 8 and set(y[held]) == {0, 1, 2, 3}
+    keep, held = tld.stratified_split(np.arange(9), np.arange(9) % 3, 0.1, seed=0)  # too small to stratify
+    assert len(held) == 1
+    groups = np.arange(40) // 2
+    keep, held = tld.stratified_split(np.arange(40), y, 0.2, seed=1, groups=groups)
+    assert not set(groups[keep]) & set(groups[held])
+
+
 def test_unknown_dataset_lists_the_registry():
     with pytest.raises(tld.DataError, match="Registered: retinamnist"):
         tld.fetch("imagenet")

@@ -154,7 +154,7 @@ def test_cache_key_of_files_follows_their_content(tmp_path):
 def test_stack_features_with_views(retina_images):
     split = tl.data.ImageSplit(retina_images, np.arange(24) % 3)
     extractor = tlh.ImageFeatures([("colour", tlh.ColourHistogram(grid=2))], size=28)
-    X, y, groups = tlh.stack_features(extractor, [split, split.subset(range(4))], views=[None, tlp.Flip()])
+    X, y, groups = tlh.stack_features(extractor, [split, split.subset(range(4))], views=[None, tlp.View("hflip")])
     assert X.shape[0] == 2 * 28 and (y[:28] == y[28:]).all() and (groups == np.tile(np.arange(28), 2)).all()
     assert not np.array_equal(X[:28], X[28:])  # the mirror view differs for a 2x2 spatial histogram
 

@@ -1,4 +1,4 @@
-"""tutorial_lib.tools.prepare and data.load_registered: the full datasets' layouts (small synthetic replicas),
+"""tutorial_lib.tools.prepare and data.load_dataset on the full datasets' layouts (small synthetic replicas),
 Kaggle credentials, and the resumable one-off preparation into memory-mapped arrays."""
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def eyepacs_replica(tmp_path):
 
 
 def test_eyepacs_layout(eyepacs_replica):
-    data = tld.load_registered("eyepacs", eyepacs_replica)
+    data = tld.load_dataset("eyepacs", folder=eyepacs_replica)
     assert data.classes == ["0", "1", "2", "3", "4"] and data.name == "eyepacs"
     assert sum(len(s) for s in data.splits.values()) == 50
     assert data.train.images[0].parent.name == "train" and data.train.images[0].suffix == ".jpeg"
@@ -46,7 +46,7 @@ def test_aptos_layout(tmp_path):
         rows.append(f"a{i:04x},{i % 3}")
         _fundus(root / "train_images" / f"a{i:04x}.png", i % 3)
     (root / "train.csv").write_text("\n".join(rows) + "\n")
-    data = tld.load_registered("aptos2019", root)
+    data = tld.load_dataset("aptos2019", folder=root)
     assert data.classes == ["0", "1", "2"] and sum(len(s) for s in data.splits.values()) == 30
 
 
@@ -61,7 +61,7 @@ def test_full_clothing_layout_drops_non_garment_labels_and_missing_photos(tmp_pa
     rows.append("gone,1,Shoes,False")  # listed, no photo
     (root / "images.csv").write_text("\n".join(rows) + "\n")
     with pytest.warns(UserWarning, match="gone"):
-        data = tld.load_registered("clothing_full", root, min_per_class=5)
+        data = tld.load_dataset("clothing_full", folder=root, min_per_class=5)
     assert data.classes == ["Pants", "Shoes", "T-Shirt"] and sum(len(s) for s in data.splits.values()) == 27
 
 
@@ -76,13 +76,13 @@ def test_full_fashion_catalogue_layout(tmp_path):
     rows.insert(5, "9999,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,Name, with a comma")  # a known bad row
     (inner / "styles.csv").write_text("\n".join(rows) + "\n")
     (inner / "images.csv").write_text("filename,link\n1000.jpg,http://example.invalid/1000.jpg\n")
-    data = tld.load_registered("fashion_products_full", inner.parent, min_per_class=5)
+    data = tld.load_dataset("fashion_products_full", folder=inner.parent, min_per_class=5)
     assert data.classes == ["Casual Shoes", "Tshirts", "Watches"] and sum(len(s) for s in data.splits.values()) == 30
 
 
 def test_missing_download_says_how_to_get_it(tmp_path):
     with pytest.raises(tld.DataUnavailableError, match="kaggle competitions download -c diabetic-retinopathy"):
-        tld.load_registered("eyepacs", tmp_path / "nowhere")
+        tld.load_dataset("eyepacs", folder=tmp_path / "nowhere")
 
 
 def test_kaggle_without_a_token_names_the_file(tmp_path, monkeypatch):
@@ -114,7 +114,7 @@ def test_kaggle_download_runs_the_documented_command(tmp_path, monkeypatch):
 
 
 def test_prepare_resumes_after_an_interruption(eyepacs_replica, tmp_path):
-    data = tld.load_registered("eyepacs", eyepacs_replica)
+    data = tld.load_dataset("eyepacs", folder=eyepacs_replica)
     out = tmp_path / "prepared"
     assert tlp.prepare(data, out, size=32, chunk_size=8, progress=False, max_chunks=3) is None
     state = json.loads((out / "progress.json").read_text())
@@ -159,7 +159,7 @@ def test_prepared_embedded_clothing_feeds_the_training_loop(clothing, tmp_path):
 
 
 def test_prepare_in_worker_processes_lists_damaged_files(eyepacs_replica, tmp_path):
-    data = tld.load_registered("eyepacs", eyepacs_replica)
+    data = tld.load_dataset("eyepacs", folder=eyepacs_replica)
     damaged = data.train.images[3]
     damaged.write_bytes(b"not a jpeg")
     with pytest.warns(UserWarning, match="1 image"):

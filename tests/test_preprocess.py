@@ -208,10 +208,27 @@ def test_clothing_augmentation_output_size(clothing):
 
 def test_exact_views():
     image = Image.fromarray(np.arange(24, dtype=np.uint8).reshape(2, 4, 3))
-    assert (np.asarray(tlp.Flip()(image)) == np.asarray(image)[:, ::-1]).all()
-    assert (np.asarray(tlp.Flip(horizontal=False, vertical=True)(image)) == np.asarray(image)[::-1]).all()
-    assert (np.asarray(tlp.Rotate90(1)(image)) == np.rot90(np.asarray(image))).all()
-    assert tlp.Rotate90(4)(image).size == image.size
+    assert (np.asarray(tlp.View("hflip")(image)) == np.asarray(image)[:, ::-1]).all()
+    assert (np.asarray(tlp.View("vflip")(image)) == np.asarray(image)[::-1]).all()
+    assert (np.asarray(tlp.View("rot90")(image)) == np.rot90(np.asarray(image))).all()
+    assert tlp.View("identity")(image).size == image.size
+
+
+def test_views_are_the_eight_symmetries_and_key_caches_by_name():
+    image = Image.fromarray(np.arange(24, dtype=np.uint8).reshape(2, 4, 3))
+    outputs = {np.asarray(tlp.View(name)(image)).tobytes() + bytes(tlp.View(name)(image).size) for name in tlp.VIEWS}
+    assert len(outputs) == 8
+    assert repr(tlp.View("hflip")) == "View('hflip')" and pickle.loads(pickle.dumps(tlp.View("rot90"))) == \
+        tlp.View("rot90")
+    with pytest.raises(ValueError, match="Unknown view 'flip'"):
+        tlp.View("flip")
+
+
+def test_disc_mask_is_what_the_ring_mask_keeps():
+    image = Image.fromarray(np.full((30, 40, 3), 200, np.uint8))
+    kept = (np.asarray(tlp.ring_mask(image, keep=0.8, fill=0)) > 0).all(axis=2)
+    assert (kept == tlp.disc_mask((30, 40), 0.8)).all() and kept.sum() > 0 and not kept.all()
+    assert (tlp.disc_mask((30, 40, 3), 1.0, radius=7.5) == tlp.disc_mask((30, 40), 0.5)).all()
 
 
 # --------------------------------------------------------------------------- bad input
@@ -219,8 +236,9 @@ def test_exact_views():
 
 def _all_transforms():
     return [tlp.ToRGB(), tlp.Resize(32), tlp.ResizePad(32), tlp.FundusCrop(32), tlp.BenGraham(), tlp.RingMask(),
-            tlp.CLAHE(), tlp.Flip(), tlp.Rotate90(), tlp.fundus_pipeline(32), tlp.fundus_pipeline(32, augment=True),
-            tlp.fundus_pipeline(32, normalise="clahe"), tlp.clothing_pipeline(32, augment=True)]
+            tlp.CLAHE(), tlp.View("hflip"), tlp.View("rot90"), tlp.fundus_pipeline(32),
+            tlp.fundus_pipeline(32, augment=True), tlp.fundus_pipeline(32, normalise="clahe"),
+            tlp.clothing_pipeline(32, augment=True)]
 
 
 def _synthetic(mode: str, size=(37, 23)) -> Image.Image:
@@ -349,7 +367,7 @@ def test_prepare_split_is_cached_and_counts_photos_without_a_disc(tmp_path, monk
     def no_decoding(*args, **kwargs):
         raise AssertionError("a cached photo was decoded again")
 
-    monkeypatch.setattr(tld, "open_image", no_decoding)
+    monkeypatch.setattr(tlp, "open_image", no_decoding)
     with pytest.warns(tlp.NoDiscFoundWarning, match="1 of 3"):  # the count comes back from the cache too
         again = tlp.prepare_split(split, tlp.FundusCrop(48), 48, cache_dir=tmp_path / "cache")
     assert np.array_equal(first.images, again.images)

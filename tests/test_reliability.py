@@ -124,7 +124,9 @@ def test_odd_photos_go_through_the_loader_end_to_end(tmp_path):
     exif[0x0112] = 8  # rotate 90 degrees counter-clockwise to display
     Image.new("RGB", (40, 30), (0, 90, 0)).save(root / "c" / "rotated.jpg", exif=exif.tobytes())
     write_image(root / "c" / "plain.webp")
-    files, labels, skipped = tld._scan_class_folders(root)
+    from tutorial_lib.data.folders import _scan_class_folders
+
+    files, labels, skipped = _scan_class_folders(root)
     assert len(files) == 9 and not skipped
     dataset = tld.ImageDataset(tld.ImageSplit(files, np.zeros(len(files), dtype=np.int64)),
                                transforms.Compose([transforms.Resize((16, 16)), transforms.ToTensor()]))

@@ -143,9 +143,7 @@ def catalogue_split(tag_data, seed: int = 0, test_fraction: float = 0.2, min_typ
     """
     import os
 
-    from sklearn.model_selection import train_test_split
-
-    from .data import _stratified_split, group_ids
+    from .data import group_ids, stratified_split
 
     table = tag_data.table if hasattr(tag_data, "table") else tag_data
     counts = table["articleType"].value_counts()
@@ -154,11 +152,9 @@ def catalogue_split(tag_data, seed: int = 0, test_fraction: float = 0.2, min_typ
     if group_pattern:
         root = Path(os.path.commonpath([str(Path(p).parent) for p in kept["path"]]))
         kept = kept.assign(group=group_ids(list(kept["path"]), group_pattern, root))
-        codes = kept["articleType"].astype("category").cat.codes.to_numpy()
-        keep, held = _stratified_split(np.arange(len(kept)), codes, test_fraction, seed, kept["group"].to_numpy())
-        train, test = kept.iloc[keep], kept.iloc[held]
-    else:
-        train, test = train_test_split(kept, test_size=test_fraction, random_state=seed, stratify=kept["articleType"])
+    keep, held = stratified_split(np.arange(len(kept)), kept["articleType"].to_numpy(), test_fraction, seed,
+                                  kept["group"].to_numpy() if group_pattern else None)
+    train, test = kept.iloc[keep], kept.iloc[held]
     return train.sort_index(), test.sort_index(), rare.rename("images dropped")
 
 
@@ -261,7 +257,7 @@ def baseline_views(task: str) -> list[Any]:
     """The views the SVM trains on: fundus photos as they are; photos also mirrored (a free augmentation)."""
     from . import preprocess as pp
 
-    return [None] if task == "dr" else [None, pp.Flip()]
+    return [None] if task == "dr" else [None, pp.View("hflip")]
 
 
 def compare_dr_feature_sets(X: np.ndarray, y: np.ndarray, slices: Mapping[str, slice], *, quick: bool = False,

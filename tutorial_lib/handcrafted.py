@@ -28,6 +28,8 @@ from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from ._io import cached_array, fingerprint
+from .data import as_rgb
+from .preprocess import disc_mask
 
 FEATURES_VERSION = 1  # bump when a descriptor's output changes for the same parameters: old cache entries miss
 
@@ -65,8 +67,6 @@ class ImageDescriptor(_Stateless):
 
 
 def _as_array(image: ImageLike) -> np.ndarray:
-    from .preprocess import as_rgb
-
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3:
         return image
     return np.asarray(as_rgb(image))
@@ -81,12 +81,6 @@ def _grid_cells(shape: tuple[int, ...], grid: int) -> list[tuple[slice, slice]]:
     rows = np.linspace(0, shape[0], grid + 1).round().astype(int)
     cols = np.linspace(0, shape[1], grid + 1).round().astype(int)
     return [(slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1])) for i in range(grid) for j in range(grid)]
-
-
-def _disc_mask(shape: tuple[int, ...], keep: float) -> np.ndarray:
-    h, w = shape[:2]
-    yy, xx = np.ogrid[:h, :w]
-    return (xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2 <= (keep * min(h, w) / 2) ** 2
 
 
 @dataclass(repr=False, eq=False)
@@ -177,7 +171,7 @@ class ColourHistogram(ImageDescriptor):
             raise ValueError(f"space must be 'hsv', 'lab' or 'rgb', not {self.space!r}.")
         if self.region not in ("all", "disc"):
             raise ValueError(f"region must be 'all' or 'disc', not {self.region!r}.")
-        inside = _disc_mask(image.shape, self.keep) if self.region == "disc" else np.ones(image.shape[:2], bool)
+        inside = disc_mask(image.shape, self.keep) if self.region == "disc" else np.ones(image.shape[:2], bool)
         parts = []
         for rows, cols in _grid_cells(image.shape, self.grid):
             pixels = values[rows, cols][inside[rows, cols]]
@@ -212,7 +206,7 @@ class FundusLesionStats(ImageDescriptor):
 
         h, w = image.shape[:2]
         radius = min(h, w) / 2
-        inside = _disc_mask(image.shape, self.keep)
+        inside = disc_mask(image.shape, self.keep)
         green = image[..., 1].astype(np.float64)
         contrast = (green - gaussian(green, sigma=self.sigma_fraction * radius, preserve_range=True,
                                      mode="nearest"))[inside]
@@ -328,8 +322,6 @@ def _steps(preprocess: Any) -> list[Any]:
 
 
 def _prepare(image: ImageLike, preprocess: Any, size: int | None) -> np.ndarray:
-    from .preprocess import as_rgb
-
     image = as_rgb(image)
     for step in _steps(preprocess):
         image = step(image)
@@ -369,7 +361,7 @@ def stack_features(extractor: "ImageFeatures", splits: Sequence[Any], views: Seq
     """Features of several splits stacked into one set (e.g. train + val), under each of ``views``.
 
     A view is an extra transform applied after the extractor's preprocessing (``None``: the
-    image as it is; ``Flip()``: its mirror image), a cheap way to augment the training set of
+    image as it is; ``View("hflip")``: its mirror image), a cheap way to augment the training set of
     an SVM. Returns ``(X, y, groups)``, view after view; ``groups`` numbers the original
     images, so a grouped cross-validation keeps every view of an image in the same fold.
     """

@@ -6,14 +6,15 @@ handcrafted features, and the fine-tuning notebooks put the same steps in front 
 Two layers:
 
 - **functions** that do one thing and say so: :func:`find_disc`, :func:`crop_to_disc`,
-  :func:`ben_graham`, :func:`ring_mask`, :func:`clahe`, :func:`resize_pad`;
+  :func:`ben_graham`, :func:`ring_mask` (inside it, :func:`disc_mask`), :func:`clahe`, :func:`resize_pad`;
 - **transforms**, small frozen dataclasses (PIL image in, RGB PIL image out) such as
   :class:`FundusCrop` and :class:`BenGraham`, that compose with ``torchvision.transforms``
   (``Compose([FundusCrop(224), BenGraham(), RingMask(), backbone_transform])``) and, because
   their ``repr`` lists every parameter, key the feature cache in :mod:`tutorial_lib.handcrafted`.
 
 Every entry point accepts images of any size, PIL mode (``L``, ``P``, ``RGBA``, ``CMYK``,
-16-bit ...), EXIF orientation, or a NumPy array, through :func:`as_rgb`.
+16-bit ...), EXIF orientation, or a NumPy array, through :func:`~tutorial_lib.data.as_rgb` (the
+package's one image decoder, importable from here too).
 """
 from __future__ import annotations
 
@@ -25,65 +26,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-_EXIF_ORIENTATION = 0x0112
+from .data import ImageSplit, as_rgb, open_image
 
 
 class NoDiscFoundWarning(UserWarning):
     """No fundus disc was found in an image; a centre crop was used instead."""
-
-
-# --------------------------------------------------------------------------- any image -> RGB
-
-
-def as_rgb(image: Image.Image | np.ndarray | str | Path) -> Image.Image:
-    """Return ``image`` as an upright 8-bit RGB PIL image.
-
-    Accepts a PIL image of any mode (EXIF orientation applied; alpha composited on white;
-    16-bit and float images stretched to 0-255), a file path, or a NumPy array shaped
-    ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)`` of any numeric dtype
-    (floats in ``[0, 1]`` are read as fractions of full scale). An empty image is an error.
-    """
-    from .data import open_image, to_rgb
-
-    if isinstance(image, (str, Path)):
-        return _check_size(open_image(image))
-    if isinstance(image, Image.Image):
-        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-            image = ImageOps.exif_transpose(image)
-        if image.mode == "RGB":
-            return _check_size(image)
-        if image.mode == "La":  # premultiplied alpha: Pillow converts it only to LA
-            image = image.convert("LA")
-        return _check_size(to_rgb(image))
-    return _check_size(_array_to_rgb(np.asarray(image)))
-
-
-def _check_size(image: Image.Image) -> Image.Image:
-    if image.width == 0 or image.height == 0:
-        raise ValueError(f"Empty image ({image.width}x{image.height} px): there is nothing to preprocess.")
-    return image
-
-
-def _array_to_rgb(array: np.ndarray) -> Image.Image:
-    from .data import to_rgb
-
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (2, 3, 4)):
-        raise ValueError(f"Cannot read an array shaped {array.shape} as an image; expected (H, W) or (H, W, C) "
-                         "with C in 1-4 channels last.")
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype != np.uint8:
-        values = np.nan_to_num(array.astype(np.float64))
-        lo, hi = float(values.min(initial=0.0)), float(values.max(initial=0.0))
-        if np.issubdtype(array.dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
-            values = values * 255.0
-        elif lo < 0.0 or hi > 255.0:
-            values = (values - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(values)
-        array = values.round().clip(0, 255).astype(np.uint8)
-    mode = {2: "L"}.get(array.ndim) or {2: "LA", 3: "RGB", 4: "RGBA"}[array.shape[-1]]
-    return to_rgb(Image.fromarray(np.ascontiguousarray(array), mode=mode))
 
 
 # --------------------------------------------------------------------------- fundus disc
@@ -200,6 +147,14 @@ def _disc_radius(image: Image.Image, radius: float | None) -> float:
     return float(radius) if radius else min(image.size) / 2
 
 
+def disc_mask(shape: tuple[int, ...], keep: float = 1.0, radius: float | None = None) -> np.ndarray:
+    """``True`` inside the centred disc of ``keep`` x ``radius`` px (``None``: half the shorter side) of an
+    image of ``shape`` ``(H, W, ...)``: the region of a disc-centred fundus crop that holds the retina."""
+    h, w = shape[:2]
+    yy, xx = np.ogrid[:h, :w]
+    return (xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2 <= (keep * (radius or min(h, w) / 2)) ** 2
+
+
 def ben_graham(image: Image.Image | np.ndarray, radius: float | None = None, *, sigma_fraction: float = 1 / 30,
                weight: float = 4.0, offset: float = 128.0) -> Image.Image:
     """Ben Graham's local-average colour subtraction (Kaggle Diabetic Retinopathy 2015, 1st place).
@@ -231,10 +186,7 @@ def ring_mask(image: Image.Image | np.ndarray, radius: float | None = None, *, k
     """
     rgb = as_rgb(image)
     array = np.array(rgb)
-    h, w = array.shape[:2]
-    yy, xx = np.ogrid[:h, :w]
-    outside = (xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2 > (keep * _disc_radius(rgb, radius)) ** 2
-    array[outside] = fill
+    array[~disc_mask(array.shape, keep, _disc_radius(rgb, radius))] = fill
     return Image.fromarray(array)
 
 
@@ -332,6 +284,12 @@ class FundusCrop:
         return crop_to_disc(image, size=self.size, margin=self.margin)
 
 
+def _with_disc_radius(image: Image.Image | np.ndarray, disc_fraction: float) -> tuple[Image.Image, float]:
+    """``image`` as RGB, and the radius of its centred disc: ``disc_fraction`` x half its shorter side."""
+    rgb = as_rgb(image)
+    return rgb, disc_fraction * min(rgb.size) / 2
+
+
 @dataclass(frozen=True)
 class BenGraham:
     """:func:`ben_graham` for a disc-centred image whose disc radius is ``disc_fraction`` x half its shorter side.
@@ -344,8 +302,7 @@ class BenGraham:
     disc_fraction: float = 1.0
 
     def __call__(self, image: Image.Image | np.ndarray) -> Image.Image:
-        rgb = as_rgb(image)
-        return ben_graham(rgb, self.disc_fraction * min(rgb.size) / 2, sigma_fraction=self.sigma_fraction,
+        return ben_graham(*_with_disc_radius(image, self.disc_fraction), sigma_fraction=self.sigma_fraction,
                           weight=self.weight)
 
 
@@ -358,8 +315,7 @@ class RingMask:
     disc_fraction: float = 1.0
 
     def __call__(self, image: Image.Image | np.ndarray) -> Image.Image:
-        rgb = as_rgb(image)
-        return ring_mask(rgb, self.disc_fraction * min(rgb.size) / 2, keep=self.keep, fill=self.fill)
+        return ring_mask(*_with_disc_radius(image, self.disc_fraction), keep=self.keep, fill=self.fill)
 
 
 @dataclass(frozen=True)
@@ -371,42 +327,41 @@ class CLAHE:
     disc_fraction: float = 1.0
 
     def __call__(self, image: Image.Image | np.ndarray) -> Image.Image:
-        rgb = as_rgb(image)
-        return clahe(rgb, self.disc_fraction * min(rgb.size) / 2, clip_limit=self.clip_limit,
+        return clahe(*_with_disc_radius(image, self.disc_fraction), clip_limit=self.clip_limit,
                      kernel_fraction=self.kernel_fraction)
 
 
-@dataclass(frozen=True)
-class Flip:
-    """Mirror left-right (``horizontal``) and/or top-bottom (``vertical``): exact, no interpolation.
+VIEWS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "transverse")
+"""Deterministic views of an image (the 8 symmetries of a square). A mirrored clothing photo is still a
+valid photo (``identity``, ``hflip``); a fundus photo has no "up", so all 8 are valid views of a retina."""
+
+_TRANSPOSES = {"hflip": Image.Transpose.FLIP_LEFT_RIGHT, "vflip": Image.Transpose.FLIP_TOP_BOTTOM,
+               "rot90": Image.Transpose.ROTATE_90, "rot180": Image.Transpose.ROTATE_180,
+               "rot270": Image.Transpose.ROTATE_270, "transpose": Image.Transpose.TRANSPOSE,
+               "transverse": Image.Transpose.TRANSVERSE}
+
+
+@dataclass(frozen=True, repr=False)
+class View:
+    """One of the :data:`VIEWS` of an image (``View("hflip")``: its mirror image): exact, no interpolation.
 
     A fixed view for test-time or feature-level augmentation; the random flips for training
-    CNNs are in :func:`fundus_augmentation` and :func:`clothing_augmentation`.
+    CNNs are in :func:`fundus_augmentation` and :func:`clothing_augmentation`. Its ``repr``,
+    ``View('hflip')``, keys the caches.
     """
 
-    horizontal: bool = True
-    vertical: bool = False
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.name not in VIEWS:
+            raise ValueError(f"Unknown view {self.name!r}; use one of {VIEWS}.")
 
     def __call__(self, image: Image.Image | np.ndarray) -> Image.Image:
         rgb = as_rgb(image)
-        if self.horizontal:
-            rgb = ImageOps.mirror(rgb)
-        if self.vertical:
-            rgb = ImageOps.flip(rgb)
-        return rgb
+        return rgb if self.name == "identity" else rgb.transpose(_TRANSPOSES[self.name])
 
-
-@dataclass(frozen=True)
-class Rotate90:
-    """Rotate by ``quarter_turns`` x 90 degrees anticlockwise: exact, no interpolation (fundus views)."""
-
-    quarter_turns: int = 1
-
-    def __call__(self, image: Image.Image | np.ndarray) -> Image.Image:
-        rgb = as_rgb(image)
-        turns = self.quarter_turns % 4
-        methods = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
-        return rgb.transpose(methods[turns]) if turns else rgb
+    def __repr__(self) -> str:
+        return f"View({self.name!r})"
 
 
 @dataclass(frozen=True)
@@ -508,9 +463,8 @@ def prepare_split(split, step: Any, size: int, *, cache_dir: Path | None = None,
     which :class:`FundusCrop` finds no disc keep a centred crop and are counted in one
     :class:`NoDiscFoundWarning`. A split of arrays (already small) is returned unchanged.
     """
-    from .data import ImageSplit, open_image
-    from .progress import tqdm
     from ._io import cache_file, cached_array, fingerprint
+    from .progress import tqdm
 
     if isinstance(split.images, np.ndarray) or not len(split):
         return split
@@ -529,7 +483,7 @@ def prepare_split(split, step: Any, size: int, *, cache_dir: Path | None = None,
         flags["missed"] = missed
         return out
 
-    key = {"prepared": repr(step), "size": int(size), "data": fingerprint(split.images, split.labels), "version": 1}
+    key = {"prepared": repr(step), "size": int(size), "data": fingerprint(split.images, split.labels)}
     images = cached_array(cache_file(cache_dir, key) if cache_dir else None, compute)
     missed = cached_array(cache_file(cache_dir, {**key, "part": "no disc found"}) if cache_dir else None,
                           lambda: flags["missed"] if flags else (compute(), flags["missed"])[1])
@@ -537,29 +491,3 @@ def prepare_split(split, step: Any, size: int, *, cache_dir: Path | None = None,
         warnings.warn(f"{desc}: no fundus disc found in {int(missed.sum())} of {len(split)} photographs; "
                       "they were kept with a centred crop.", NoDiscFoundWarning, stacklevel=2)
     return ImageSplit(images, split.labels, split.groups)
-
-
-VIEWS = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "transverse")
-"""Deterministic views of an image (the 8 symmetries of a square). A mirrored clothing photo is still a
-valid photo (``identity``, ``hflip``); a fundus photo has no "up", so all 8 are valid views of a retina."""
-
-
-class View:
-    """One deterministic view of a PIL image (see :data:`VIEWS`): a picklable transform."""
-
-    def __init__(self, name: str) -> None:
-        if name not in VIEWS:
-            raise ValueError(f"Unknown view {name!r}; use one of {VIEWS}.")
-        self.name = name
-
-    def __call__(self, image):
-        from PIL import Image
-
-        ops = {"hflip": Image.Transpose.FLIP_LEFT_RIGHT, "vflip": Image.Transpose.FLIP_TOP_BOTTOM,
-               "rot90": Image.Transpose.ROTATE_90, "rot180": Image.Transpose.ROTATE_180,
-               "rot270": Image.Transpose.ROTATE_270, "transpose": Image.Transpose.TRANSPOSE,
-               "transverse": Image.Transpose.TRANSVERSE}
-        return image if self.name == "identity" else image.transpose(ops[self.name])
-
-    def __repr__(self) -> str:
-        return f"View({self.name!r})"

@@ -62,19 +62,12 @@ def validation_split(train: pd.DataFrame, fraction: float = 0.15, seed: int = 0,
     Returns ``(fit, val)``. Values with a single image cannot be stratified; then the split is plain random.
     A ``group`` column (from ``catalogue_split(group_pattern=...)``) keeps each group on one side.
     """
-    from sklearn.model_selection import train_test_split
+    from .data import stratified_split
 
-    from .data import _stratified_split
-
-    if "group" in train.columns:
-        codes = train[stratify].astype("category").cat.codes.to_numpy()
-        fit, val = _stratified_split(np.arange(len(train)), codes, fraction, seed, train["group"].to_numpy())
-        return train.iloc[fit].sort_index(), train.iloc[val].sort_index()
-
-    counts = train[stratify].value_counts() if stratify in train.columns else pd.Series(dtype=int)
-    labels = train[stratify] if len(counts) and counts.min() >= 2 else None
-    fit, val = train_test_split(train, test_size=fraction, random_state=seed, stratify=labels)
-    return fit.sort_index(), val.sort_index()
+    labels = train[stratify].to_numpy() if stratify in train.columns else None
+    groups = train["group"].to_numpy() if "group" in train.columns else None
+    fit, val = stratified_split(np.arange(len(train)), labels, fraction, seed, groups)
+    return train.iloc[fit].sort_index(), train.iloc[val].sort_index()
 
 
 def limit_rows(table: pd.DataFrame, max_rows: int | None, seed: int = 0) -> pd.DataFrame:

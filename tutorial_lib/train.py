@@ -87,14 +87,12 @@ def limit_split(split: ImageSplit, max_images: int | None, seed: int) -> ImageSp
     """A stratified random sample of at most ``max_images`` images (the whole split if ``None``)."""
     if max_images is None or len(split) <= max_images:
         return split
-    from sklearn.model_selection import train_test_split
-
-    counts = np.bincount(split.labels)
     if max_images < 1:
         raise ValueError(f"max_images (--max-images) must be at least 1, got {max_images}.")
-    stratify = split.labels if counts[counts > 0].min() >= 2 and max_images >= (counts > 0).sum() else None
-    keep, _ = train_test_split(np.arange(len(split)), train_size=max_images, random_state=seed, stratify=stratify)
-    return split.subset(np.sort(keep))
+    from .data import stratified_split
+
+    keep, _ = stratified_split(np.arange(len(split)), split.labels, len(split) - max_images, seed)
+    return split.subset(keep)
 
 
 # --------------------------------------------------------------------------- the classifier's step and evaluation

@@ -157,12 +157,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from ..data import DataError
+    from ..data import DataError, load_dataset
     from ..env import default_num_workers
-    from .prepare import open_source, prepare
+    from .prepare import prepare
 
     try:
-        data = open_source(args.name, args.source, seed=args.seed)
+        data = load_dataset(args.name, folder=args.source, seed=args.seed)
         workers = default_num_workers(max_workers=64) if args.workers is None else args.workers
         out = prepare(data, args.output, size=args.size, crop=args.crop, chunk_size=args.chunk_size, workers=workers)
     except DataError as err:

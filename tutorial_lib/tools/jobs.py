@@ -18,14 +18,14 @@ import torch
 
 from .. import distributed
 from .._io import atomic_write_text
-from ..data import REGISTRY, ClassificationData, ImageSplit, load_registered
+from ..data import REGISTRY, ClassificationData, ImageSplit, load_dataset
+from ..checkpoint import CheckpointError, read_own_checkpoint
 from ..env import default_num_workers, seed_everything
+from ..frozen import FrozenTrunk, cut_before_last
 from ..metrics import classification_metrics
 from ..models import Backbone, load_backbone, make_transform
-from ..checkpoint import CheckpointError, read_own_checkpoint
-from ..frozen import FrozenTrunk, cut_before_last
 from ..train import TrainConfig, finetune_full, finetune_top, limit_split
-from .prepare import is_prepared, load_prepared, open_source, prepared_dir
+from .prepare import is_prepared, load_prepared, prepared_dir
 
 STRATEGIES = ("finetune_full", "finetune_top")
 
@@ -35,13 +35,9 @@ def load_training_data(data: str, *, source: str | None = None, image_size: int 
     """A prepared folder, a registry name (its prepared cache at ``image_size`` if there is one), or your data."""
     if is_prepared(data):
         return load_prepared(data)
-    if data in REGISTRY:
-        cached = prepared_dir(data, image_size)
-        if is_prepared(cached):
-            return load_prepared(cached)
-        if REGISTRY[data].kind == "manual":
-            return load_registered(data, source, seed=seed)
-    return open_source(data, source, seed=seed)
+    if data in REGISTRY and is_prepared(prepared_dir(data, image_size)):
+        return load_prepared(prepared_dir(data, image_size))
+    return load_dataset(data, folder=source, seed=seed)
 
 
 def _refuse_foreign_checkpoint(checkpoint: Path, overwrite: bool) -> None:

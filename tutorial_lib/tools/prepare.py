@@ -27,18 +27,11 @@ from typing import Any, Callable
 import numpy as np
 
 from .._io import atomic_write_text, fingerprint
-from ..data import (REGISTRY, ClassificationData, DataError, ImageSplit, cache_dir, fetch, load_dataset,
-                    load_registered, load_retinamnist)
+from ..data import REGISTRY, ClassificationData, DataError, ImageSplit, cache_dir
 from ..preprocess import NoDiscFoundWarning, crop_to_disc, resize_pad
 from ..progress import tqdm
 
 SPLITS = ("train", "val", "test")
-KAGGLE_COMMANDS = {
-    "eyepacs": ["competitions", "download", "-c", "diabetic-retinopathy-detection"],
-    "aptos2019": ["competitions", "download", "-c", "aptos2019-blindness-detection"],
-    "fashion_products_full": ["datasets", "download", "-d", "paramaggarwal/fashion-product-images-dataset", "--unzip"],
-}
-"""The Kaggle CLI arguments that fetch each dataset (``-p <folder>`` is added)."""
 
 
 # --------------------------------------------------------------------------- downloads with your credentials
@@ -65,8 +58,10 @@ def kaggle_download(name: str, folder: str | Path | None = None, *, run: Callabl
     Competition files are unpacked afterwards by hand (see the registry entry's
     ``manual_steps``); nothing is downloaded without your credentials.
     """
-    if name not in KAGGLE_COMMANDS:
-        raise DataError(f"{name!r} is not downloaded from Kaggle; Kaggle sets: {', '.join(KAGGLE_COMMANDS)}. "
+    info = REGISTRY.get(name)
+    if info is None or not info.kaggle:
+        raise DataError(f"{name!r} is not downloaded from Kaggle; Kaggle sets: "
+                        f"{', '.join(n for n, i in REGISTRY.items() if i.kaggle)}. "
                         f"See `python -m tutorial_lib datasets` and the registry's manual steps.")
     kaggle = shutil.which("kaggle")
     if kaggle is None:
@@ -75,32 +70,14 @@ def kaggle_download(name: str, folder: str | Path | None = None, *, run: Callabl
     kaggle_credentials()
     folder = Path(folder).expanduser() if folder is not None else cache_dir() / name
     folder.mkdir(parents=True, exist_ok=True)
-    done = run([kaggle, *KAGGLE_COMMANDS[name], "-p", str(folder)], check=False)
+    done = run([kaggle, *info.kaggle_command(folder)], check=False)
     if done.returncode != 0:
-        raise DataError(f"`kaggle {' '.join(KAGGLE_COMMANDS[name])}` failed (exit {done.returncode}). "
+        raise DataError(f"`kaggle {' '.join(info.kaggle)}` failed (exit {done.returncode}). "
                         "A 403 means the competition's rules are not accepted on kaggle.com for your account.")
     return folder
 
 
 # --------------------------------------------------------------------------- which data to prepare
-
-
-def open_source(name: str | Path, source: str | Path | None = None, *, seed: int = 0) -> ClassificationData:
-    """The dataset to prepare: a registry name (with ``source``, its download folder) or your folder/CSV."""
-    key = str(name)
-    if key in REGISTRY:
-        info = REGISTRY[key]
-        if info.kind == "manual":
-            return load_registered(key, source, seed=seed)
-        if info.kind == "download" and key.startswith("retinamnist_"):
-            path = Path(source) / info.files[0].name if source is not None else fetch(key)[0]
-            data = load_retinamnist(path)
-            data.name, data.info = key, info
-            return data
-        if info.kind == "embedded":
-            return load_dataset(key, seed=seed)
-        raise DataError(f"{key!r} ({info.task}) is not a classification set that prepare can handle.")
-    return load_dataset(source if source is not None else key, seed=seed)
 
 
 def default_crop(data: ClassificationData) -> str:
