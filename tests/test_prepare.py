@@ -3,6 +3,7 @@ Kaggle credentials, and the resumable one-off preparation into memory-mapped arr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,6 +112,31 @@ def test_kaggle_download_runs_the_documented_command(tmp_path, monkeypatch):
     assert tlp.kaggle_download("aptos2019", tmp_path / "a", run=fake_run) == tmp_path / "a"
     assert calls == [["/usr/bin/kaggle", "competitions", "download", "-c", "aptos2019-blindness-detection",
                       "-p", str(tmp_path / "a")]]
+
+
+def test_kaggle_download_unpacks_the_competition_archive_safely(tmp_path, monkeypatch):
+    import zipfile
+
+    (tmp_path / ".kaggle").mkdir()
+    (tmp_path / ".kaggle" / "kaggle.json").write_text('{"username": "u", "key": "k"}')
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / ".kaggle"))
+    monkeypatch.setattr(tlp.shutil, "which", lambda _: "/usr/bin/kaggle")
+
+    class Done:
+        returncode = 0
+
+    def fake_run(cmd, check, members=("train.csv", "train_images/a.png")):
+        folder = Path(cmd[cmd.index("-p") + 1])
+        with zipfile.ZipFile(folder / "aptos2019-blindness-detection.zip", "w") as zf:
+            for name in members:
+                zf.writestr(name, "x")
+        return Done()
+
+    folder = tlp.kaggle_download("aptos2019", tmp_path / "a", run=fake_run)
+    assert (folder / "train.csv").is_file() and (folder / "train_images" / "a.png").is_file()
+    with pytest.raises(tld.UnsafeArchiveError, match=r"\.\./escaped\.txt"):
+        tlp.kaggle_download("aptos2019", tmp_path / "b", run=lambda cmd, check: fake_run(cmd, check, ["../escaped.txt"]))
+    assert not (tmp_path / "escaped.txt").exists()
 
 
 def test_prepare_resumes_after_an_interruption(eyepacs_replica, tmp_path):

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .._io import atomic_write_text, fingerprint
-from ..data import REGISTRY, ClassificationData, DataError, ImageSplit, cache_dir
+from ..data import REGISTRY, ClassificationData, DataError, ImageSplit, cache_dir, extract_archive
 from ..preprocess import NoDiscFoundWarning, crop_to_disc, resize_pad
 from ..progress import tqdm
 
@@ -55,8 +55,10 @@ def kaggle_credentials() -> Path | None:
 def kaggle_download(name: str, folder: str | Path | None = None, *, run: Callable[..., Any] = subprocess.run) -> Path:
     """Download a registry dataset with the Kaggle CLI and your own token into ``folder`` (default its cache folder).
 
-    Competition files are unpacked afterwards by hand (see the registry entry's
-    ``manual_steps``); nothing is downloaded without your credentials.
+    A competition arrives as one ``<competition>.zip``: it is unpacked into ``folder`` through
+    :func:`tutorial_lib.data.extract_archive`, which refuses members that would land outside it.
+    What is inside (EyePACS's split 7z archive) is unpacked by hand (the registry entry's
+    ``manual_steps``). Nothing is downloaded without your credentials.
     """
     info = REGISTRY.get(name)
     if info is None or not info.kaggle:
@@ -74,6 +76,9 @@ def kaggle_download(name: str, folder: str | Path | None = None, *, run: Callabl
     if done.returncode != 0:
         raise DataError(f"`kaggle {' '.join(info.kaggle)}` failed (exit {done.returncode}). "
                         "A 403 means the competition's rules are not accepted on kaggle.com for your account.")
+    archive = folder / f"{info.kaggle[-1]}.zip"  # competitions: the slug's zip; datasets are --unzip'ed by Kaggle
+    if info.kaggle[0] == "competitions" and archive.is_file():
+        extract_archive(archive, folder)
     return folder
 
 
