@@ -70,3 +70,34 @@ def test_the_reference_run_ships_with_the_package():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "reference_results.json" in project["tool"]["setuptools"]["package-data"]["tutorial_lib"]
     assert (ROOT / "tutorial_lib" / "reference_results.json").is_file()
+
+
+def _package_sources() -> list[Path]:
+    return sorted((ROOT / "tutorial_lib").rglob("*.py"))
+
+
+def test_functions_and_modules_stay_short_enough_to_read():
+    """A learner opening the library reads functions of a screen or less and modules of at most 600 lines."""
+    import ast
+
+    long_functions, long_modules = [], []
+    for path in _package_sources():
+        text = path.read_text()
+        if text.count("\n") > 600:
+            long_modules.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not long_functions, f"functions over 60 lines: {long_functions}"
+    assert not long_modules, f"modules over 600 lines: {long_modules}"
+
+
+def test_teaching_modules_do_not_import_the_tooling():
+    """tutorial_lib/tools/ (runner, cli, bench, jobs, prepare) sits on top: nothing the notebooks use imports it."""
+    import re
+
+    for path in _package_sources():
+        if "tools" in path.relative_to(ROOT / "tutorial_lib").parts or path.name == "__main__.py":
+            continue
+        assert not re.search(r"from \.+tools\b|import tutorial_lib\.tools|from tutorial_lib\.tools", path.read_text()), \
+            f"{path.relative_to(ROOT)} imports the tooling"
