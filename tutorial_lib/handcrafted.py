@@ -249,13 +249,13 @@ class ImageFeatures(_Stateless):
     chunk_size: int = 64
     progress: bool = True
 
-    def prepare(self, image: ImageLike) -> np.ndarray:
+    def described_array(self, image: ImageLike) -> np.ndarray:
         """One image as the descriptors see it: preprocessed, resized, ``(size, size, 3)`` uint8."""
-        return _prepare(image, self.preprocess, self.size)
+        return _described_array(image, self.preprocess, self.size)
 
     def feature_sizes(self, image: ImageLike) -> dict[str, int]:
         """How many columns each descriptor contributes (for this image size)."""
-        array = self.prepare(image)
+        array = self.described_array(image)
         return {name: int(d.describe(array).size) for name, d in self.descriptors}
 
     def feature_slices(self, image: ImageLike) -> dict[str, slice]:
@@ -321,7 +321,7 @@ def _steps(preprocess: Any) -> list[Any]:
     return list(preprocess) if isinstance(preprocess, (list, tuple)) else ([preprocess] if preprocess else [])
 
 
-def _prepare(image: ImageLike, preprocess: Any, size: int | None) -> np.ndarray:
+def _described_array(image: ImageLike, preprocess: Any, size: int | None) -> np.ndarray:
     image = as_rgb(image)
     for step in _steps(preprocess):
         image = step(image)
@@ -338,7 +338,7 @@ def _describe_chunk(chunk: Sequence[ImageLike], preprocess: Any, size: int | Non
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for image in chunk:
-            array = _prepare(image, preprocess, size)
+            array = _described_array(image, preprocess, size)
             rows.append(np.concatenate([d.describe(array) for d in descriptors]))
     return np.stack(rows).astype(np.float32), [(w.category, str(w.message)) for w in caught]
 

@@ -97,8 +97,7 @@ def find_disc(image: Image.Image | np.ndarray, *, threshold: float = 0.1, work_s
     radius = float(model.radius) + 0.5  # edge pixels lie half a pixel inside the true boundary
     if not (0 <= cx < w and 0 <= cy < h) or radius < 4:
         return None
-    yy, xx = np.ogrid[:h, :w]
-    circle = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius ** 2
+    circle = disc_mask((h, w), radius=radius, centre=(cx, cy))
     iou = (circle & disc).sum() / max(1, (circle | disc).sum())
     if iou < min_iou:
         return None
@@ -147,12 +146,15 @@ def _disc_radius(image: Image.Image, radius: float | None) -> float:
     return float(radius) if radius else min(image.size) / 2
 
 
-def disc_mask(shape: tuple[int, ...], keep: float = 1.0, radius: float | None = None) -> np.ndarray:
-    """``True`` inside the centred disc of ``keep`` x ``radius`` px (``None``: half the shorter side) of an
-    image of ``shape`` ``(H, W, ...)``: the region of a disc-centred fundus crop that holds the retina."""
+def disc_mask(shape: tuple[int, ...], keep: float = 1.0, radius: float | None = None,
+              centre: tuple[float, float] | None = None) -> np.ndarray:
+    """``True`` inside the disc of ``keep`` x ``radius`` px (``None``: half the shorter side) about ``centre``
+    (``(x, y)``; ``None``: the image's centre) of an image of ``shape`` ``(H, W, ...)``: by default the region
+    of a disc-centred fundus crop that holds the retina."""
     h, w = shape[:2]
+    cx, cy = ((w - 1) / 2, (h - 1) / 2) if centre is None else centre
     yy, xx = np.ogrid[:h, :w]
-    return (xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2 <= (keep * (radius or min(h, w) / 2)) ** 2
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= (keep * (radius or min(h, w) / 2)) ** 2
 
 
 def ben_graham(image: Image.Image | np.ndarray, radius: float | None = None, *, sigma_fraction: float = 1 / 30,
