@@ -440,3 +440,18 @@ def test_other_data_of_the_same_size_and_label_sum_is_not_resumed(tmp_path):
     with pytest.warns(UserWarning, match=r"another run: data=.*kept as .*run\.pt\.bak"):
         history = tlt.fit_classifier(_toy_model(), shifted, val, config, torch.device("cpu"), checkpoint=ckpt, **kwargs)
     assert list(history["epoch"]) == [1, 2]
+
+
+def test_fingerprint_of_files_by_content_or_by_stat(tmp_path):
+    """Caches key image files by their bytes (a moved copy hits); runs and preparations by path, size, time."""
+    import os
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"same"), b.write_bytes(b"same")
+    assert _io.fingerprint([str(a)]) == _io.fingerprint([str(b)])
+    assert _io.fingerprint([str(a)], files="stat") != _io.fingerprint([str(b)], files="stat")
+    before = _io.fingerprint([str(a)], files="stat")
+    a.write_bytes(b"SAME")
+    os.utime(a, ns=(1, 1))
+    assert _io.fingerprint([str(a)], files="stat") != before
+    assert _io.fingerprint([str(a)]) != _io.fingerprint([str(b)])

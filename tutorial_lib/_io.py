@@ -105,8 +105,9 @@ def file_sha256(path: str | Path) -> str:
     return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
-def _update(digest: Any, part: Any) -> None:
-    """Feed one part to ``digest``: arrays and tensors by their bytes, images and files by their content."""
+def _update(digest: Any, part: Any, files: str) -> None:
+    """Feed one part to ``digest``: arrays and tensors by their bytes, images by their pixels, files by
+    their bytes (``files="content"``) or by their path, size and modification time (``"stat"``)."""
     from PIL import Image
 
     if hasattr(part, "detach") and hasattr(part, "numpy"):  # a torch tensor
@@ -117,25 +118,33 @@ def _update(digest: Any, part: Any) -> None:
         digest.update(repr((part.shape, str(part.dtype))).encode())
         digest.update(np.ascontiguousarray(part).data)
     elif isinstance(part, (str, Path)) and os.path.isfile(part):
-        digest.update(file_sha256(part).encode())
+        if files == "content":
+            digest.update(file_sha256(part).encode())
+        else:
+            stat = os.stat(part)
+            digest.update(f"{os.path.realpath(part)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     elif isinstance(part, Image.Image):
         digest.update(repr((part.mode, part.size)).encode())
         digest.update(part.tobytes())
     elif isinstance(part, (list, tuple)) and part and not isinstance(part[0], (int, float, bool)):
         digest.update(f"[{len(part)}]".encode())
         for item in part:
-            _update(digest, item)
+            _update(digest, item, files)
     else:
         digest.update(json.dumps(part, sort_keys=True, default=str).encode())
 
 
-def fingerprint(*parts: Any, length: int = 16) -> str:
-    """A short hex hash of the content of ``parts``: pixels, files' bytes, labels, settings.
+def fingerprint(*parts: Any, length: int = 16, files: str = "content") -> str:
+    """A short hex hash of the content of ``parts``: pixels, files, labels, settings.
 
-    Image files count by their bytes, not their names, so a moved dataset keeps its
-    fingerprint and a photo replaced under its old name changes it.
+    ``files="content"``: image files count by their bytes, so a moved copy of a dataset keeps its
+    fingerprint (caches of what was computed from the images). ``"stat"``: by path, size and
+    modification time, which reads no file: for the full datasets' tens of GB (preparation, runs).
+    Either way a photo replaced under its old name changes the fingerprint.
     """
+    if files not in ("content", "stat"):
+        raise ValueError(f"files={files!r}: use 'content' or 'stat'.")
     digest = hashlib.sha256()
     for part in parts:
-        _update(digest, part)
+        _update(digest, part, files)
     return digest.hexdigest()[:length]

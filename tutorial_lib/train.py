@@ -119,9 +119,9 @@ def dataset_labels(data: Dataset) -> np.ndarray:
 
 
 def dataset_fingerprint(data: Dataset) -> str:
-    """A hash of a dataset's content: its images (or tensors) and labels, and how images are transformed."""
+    """A hash of a dataset's content: its images (files by path, size and time) or tensors, labels, transform."""
     if isinstance(data, ImageDataset):
-        return fingerprint(data.split.images, data.split.labels, repr(data.transform))
+        return fingerprint(data.split.images, data.split.labels, repr(data.transform), files="stat")
     if isinstance(data, TensorDataset):
         return fingerprint(*data.tensors)
     return fingerprint(type(data).__name__, len(data), dataset_labels(data))

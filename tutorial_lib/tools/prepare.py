@@ -120,11 +120,11 @@ def _try_process(args: tuple[Any, int, str]) -> tuple[np.ndarray | None, str]:
 
 
 def _fingerprint(data: ClassificationData, size: int, crop: str) -> str:
-    """What the prepared arrays depend on: settings, classes, labels, and the images' content."""
+    """What the prepared arrays depend on: settings, classes, labels, and each image's path, size and time."""
     parts = [{"size": size, "crop": crop, "classes": data.classes}]
     for name in SPLITS:
         parts += [data.splits[name].images, data.splits[name].labels]
-    return fingerprint(*parts)
+    return fingerprint(*parts, files="stat")  # reads no photo: the full datasets are tens of GB
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
