@@ -86,6 +86,16 @@ def test_missing_download_says_how_to_get_it(tmp_path):
         tld.load_dataset("eyepacs", folder=tmp_path / "nowhere")
 
 
+def test_download_command_refuses_a_set_without_kaggle_and_lists_the_registrys(capsys):
+    """`download NAME` takes its names from the registry: one with no Kaggle command is refused with the list."""
+    from tutorial_lib.tools.cli import main
+
+    assert main(["download", "retinamnist"]) == 1
+    err = capsys.readouterr().err
+    kaggle_sets = [name for name, info in tld.REGISTRY.items() if info.kaggle]
+    assert "'retinamnist' is not downloaded from Kaggle" in err and kaggle_sets and all(n in err for n in kaggle_sets)
+
+
 def test_kaggle_without_a_token_names_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
     monkeypatch.delenv("KAGGLE_KEY", raising=False)

@@ -225,7 +225,8 @@ def _add_scale_out_commands(sub: argparse._SubParsersAction) -> None:
     prep.set_defaults(func=_cmd_prepare)
 
     down = sub.add_parser("download", help="download a Kaggle dataset with your own ~/.kaggle/kaggle.json")
-    down.add_argument("name", choices=["eyepacs", "aptos2019", "fashion_products_full"])
+    down.add_argument("name", help="a registry dataset with a Kaggle command (`datasets` lists them); others are "
+                                   "refused with the list")
     down.add_argument("--output", help="default: <cache>/NAME")
     down.set_defaults(func=_cmd_download)
 
