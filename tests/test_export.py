@@ -125,9 +125,9 @@ def test_folders_globs_and_gradcam(clothing_model, tmp_path, capsys):
     assert cam.size == (64, 64) and cam.mode == "RGB"
 
 
-def test_googlenet_round_trip_keeps_its_input_scaling_and_drops_the_aux_heads(tmp_path):
+def test_torchvision_googlenet_round_trip_keeps_its_input_scaling_and_drops_the_aux_heads(tmp_path):
     """GoogLeNet trained with auxiliary heads (finetune_full) is saved without them; transform_input survives."""
-    backbone = tl.models.load_backbone("googlenet", num_classes=3, pretrained=False, aux_logits=True)
+    backbone = tl.models.load_backbone("torchvision_googlenet", num_classes=3, pretrained=False, aux_logits=True)
     backbone.model.transform_input = True  # as with ImageNet weights
     save_model(backbone, tmp_path / "g", classes=["a", "b", "c"], image_size=64)
     loaded = load_model(tmp_path / "g" / "model.json")

@@ -72,9 +72,9 @@ def cached_googlenet(torch_home):
     return reference
 
 
-def test_googlenet_loads_from_the_torch_cache_without_network(cached_googlenet, torch_home):
+def test_torchvision_googlenet_loads_from_the_torch_cache_without_network(cached_googlenet, torch_home):
     assert str(tlm.googlenet_weights_path()).startswith(str(torch_home))
-    backbone = tlm.load_backbone("googlenet", num_classes=5)
+    backbone = tlm.load_backbone("torchvision_googlenet", num_classes=5)
     model = backbone.model
     assert torch.equal(model.inception5b.branch1.conv.weight, cached_googlenet.inception5b.branch1.conv.weight)
     assert model.fc.out_features == 5 and model.aux1 is None and model.transform_input
@@ -85,26 +85,23 @@ def test_googlenet_loads_from_the_torch_cache_without_network(cached_googlenet, 
     assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 5)
 
 
-def test_googlenet_aux_heads_get_the_new_classes(cached_googlenet):
-    backbone = tlm.load_backbone("googlenet", num_classes=4, aux_logits=True)
+def test_torchvision_googlenet_aux_heads_get_the_new_classes(cached_googlenet):
+    backbone = tlm.load_backbone("torchvision_googlenet", num_classes=4, aux_logits=True)
     backbone.model.train()
     out = backbone.model(torch.zeros(2, 3, 224, 224))
     assert [t.shape for t in (out.logits, out.aux_logits1, out.aux_logits2)] == [(2, 4)] * 3
     assert backbone.extra_heads == ["aux1", "aux2"]
 
 
-def test_auto_prefers_googlenet_when_cached(cached_googlenet):
-    assert tlm.resolve_backbone_name("auto")[0] == "googlenet"
-
-
-def test_auto_falls_back_to_lite0_and_says_why(torch_home):
+def test_auto_is_the_reference_googlenet_without_any_cache(torch_home):
     name, reason = tlm.resolve_backbone_name("auto")
-    assert name == "efficientnet_lite0" and "googlenet-1378be20.pth" in reason
+    assert name == "googlenet" and "ship with the project" in reason
+    assert tlm.load_backbone("auto", num_classes=2, pretrained=False).name == "googlenet"
 
 
-def test_googlenet_offline_fails_fast_with_the_fix(torch_home, monkeypatch):
+def test_torchvision_googlenet_offline_fails_fast_with_the_fix(torch_home, monkeypatch):
     with pytest.raises(tlm.WeightsUnavailableError, match="googlenet-1378be20.pth"):
-        tlm.load_backbone("googlenet", download=False)
+        tlm.load_backbone("torchvision_googlenet", download=False)
 
     def offline(url, dst, **kwargs):
         with open(dst + ".partial", "wb") as fh:  # what an interrupted download leaves
@@ -113,10 +110,10 @@ def test_googlenet_offline_fails_fast_with_the_fix(torch_home, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(tlm.WeightsUnavailableError) as err:
-        tlm.load_backbone("googlenet")
+        tlm.load_backbone("torchvision_googlenet")
     message = str(err.value)
     assert "https://download.pytorch.org/models/googlenet-1378be20.pth" in message
-    assert str(tlm.googlenet_weights_path()) in message and "efficientnet_lite0" in message
+    assert str(tlm.googlenet_weights_path()) in message and "BACKBONE='googlenet'" in message
     assert not tlm.googlenet_weights_path().exists()
 
 

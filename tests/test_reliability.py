@@ -528,7 +528,7 @@ def test_download_with_wrong_content_is_refused_and_not_kept(tmp_path, monkeypat
     assert not final.exists() and not list(final.parent.glob("tmp*"))
 
 
-def test_damaged_googlenet_weights_are_downloaded_again(tmp_path, monkeypatch):
+def test_damaged_torchvision_googlenet_weights_are_downloaded_again(tmp_path, monkeypatch):
     from torchvision.models import googlenet
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
@@ -536,7 +536,7 @@ def test_damaged_googlenet_weights_are_downloaded_again(tmp_path, monkeypatch):
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PK\3\4 interrupted copy")
     with pytest.raises(tlm.WeightsUnavailableError, match=r"(?s)googlenet-1378be20\.pth is damaged.*delete it"):
-        tlm.load_backbone("googlenet", download=False)
+        tlm.load_backbone("torchvision_googlenet", download=False)
     torch.manual_seed(0)
     state = googlenet(weights=None, aux_logits=True, init_weights=True).state_dict()
 
@@ -545,7 +545,7 @@ def test_damaged_googlenet_weights_are_downloaded_again(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", download)
     with pytest.warns(UserWarning, match="damaged.*downloading it again"):
-        backbone = tlm.load_backbone("googlenet", num_classes=2)
+        backbone = tlm.load_backbone("torchvision_googlenet", num_classes=2)
     assert torch.equal(backbone.model.conv1.conv.weight, state["conv1.conv.weight"])
 
 

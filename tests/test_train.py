@@ -29,7 +29,7 @@ def tiny_googlenet():
 
     torch.manual_seed(0)
     model = googlenet(weights=None, aux_logits=False, init_weights=True, num_classes=3, transform_input=True)
-    return tlm.Backbone("googlenet", model, {}, 1024, list(tlm.GOOGLENET_STAGES), "fc", "random")
+    return tlm.Backbone("torchvision_googlenet", model, {}, 1024, list(tlm.TORCHVISION_GOOGLENET_STAGES), "fc", "random")
 
 
 @pytest.mark.parametrize("fixture,cut", [("lite0", "blocks.6"), ("lite0", "blocks.3"), ("tiny_googlenet", "inception5a"),
@@ -323,7 +323,7 @@ def test_finetune_full_runs_with_the_full_profiles_settings(clothing, network, t
 
         torch.manual_seed(0)
         model = googlenet(weights=None, aux_logits=True, init_weights=True, num_classes=10, transform_input=True)
-        backbone = tlm.Backbone("googlenet", model, {}, 1024, list(tlm.GOOGLENET_STAGES), "fc", "random",
+        backbone = tlm.Backbone("torchvision_googlenet", model, {}, 1024, list(tlm.TORCHVISION_GOOGLENET_STAGES), "fc", "random",
                                 extra_heads=["aux1", "aux2"])
     tf = transforms.Compose([transforms.Resize((64, 64)), transforms.ToTensor()])
     splits = _small_splits(clothing, n_train=12, n_eval=6)

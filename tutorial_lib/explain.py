@@ -45,11 +45,39 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int | 
 
 
 def last_conv_layer(model: nn.Module) -> nn.Module:
-    """The last 2-D convolution of a network: the usual Grad-CAM layer."""
+    """The last 2-D convolution registered in a network (for GoogLeNet one branch of its last block)."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError("The model has no Conv2d layer for Grad-CAM.")
     return convs[-1]
+
+
+@torch.no_grad()
+def last_stage(model: nn.Module, input_size: int = 224) -> nn.Module:
+    """The module whose output is the network's last feature map: the Grad-CAM layer.
+
+    Found by running one blank image and keeping the last module to return a map larger than
+    1x1: a block finishes after its branches, so GoogLeNet gives its whole last inception block
+    (all 1,024 channels), EfficientNet its head convolution with its activation.
+    """
+    finished: list[nn.Module] = []
+
+    def note(module, _inputs, output):
+        if isinstance(output, torch.Tensor) and output.ndim == 4 and output.shape[-1] * output.shape[-2] > 1:
+            finished.append(module)
+
+    handles = [m.register_forward_hook(note) for m in model.modules() if m is not model]
+    was_training = model.training
+    try:
+        device = next(model.parameters()).device
+        model.eval()(torch.zeros(1, 3, input_size, input_size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if not finished:
+        raise ValueError(f"{type(model).__name__} has no spatial feature map for Grad-CAM.")
+    return finished[-1]
 
 
 def grad_cam_examples(model: nn.Module, split, transform, predicted: np.ndarray, device: torch.device, *,
@@ -63,7 +91,7 @@ def grad_cam_examples(model: nn.Module, split, transform, predicted: np.ndarray,
     wrong = np.flatnonzero(predicted != split.labels)
     chosen = [(i, "right") for i in rng.permutation(right)[:n_right]] + [(i, "wrong") for i in rng.permutation(wrong)[:n_wrong]]
     model = model.to(device)
-    layer = last_conv_layer(model)
+    layer = last_stage(model)
     images, maps, titles = [], [], []
     for i, verdict in chosen:
         image = split.image(int(i))

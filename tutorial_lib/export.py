@@ -105,7 +105,7 @@ def _network_info(backbone: Backbone) -> dict[str, Any]:
     model = backbone.model
     head = model.get_submodule(backbone.head)
     info: dict[str, Any] = {"backbone": backbone.name, "num_classes": int(head.out_features)}
-    if backbone.name == "googlenet":
+    if backbone.name == "torchvision_googlenet":
         info["transform_input"] = bool(model.transform_input)
     return info
 

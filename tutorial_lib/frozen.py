@@ -20,14 +20,14 @@ from torch.utils.data import DataLoader
 from ._io import cache_file, cached_array, fingerprint
 from .data import ImageDataset, ImageSplit
 from .env import autocast, resolve_precision, seed_worker
-from .models import GOOGLENET_LAYERS, Backbone
+from .models import TORCHVISION_GOOGLENET_LAYERS, Backbone
 from .preprocess import View
 
 # --------------------------------------------------------------------------- cutting a network in two
 
 
 class _GoogLeNetInput(nn.Module):
-    """GoogLeNet's ``transform_input`` step as a module (ImageNet-normalised input -> its own scaling)."""
+    """torchvision GoogLeNet's ``transform_input`` step as a module (ImageNet-normalised input -> its own scaling)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -40,17 +40,21 @@ class _GoogLeNetInput(nn.Module):
 def layer_sequence(backbone: Backbone, head_dropout: float = 0.2) -> list[tuple[str, nn.Module]]:
     """The network as an ordered list of ``(name, module)`` whose composition is its forward pass.
 
-    Stage containers (``blocks``) are opened up so any stage can be a cut point.
+    Stage containers (``blocks``) are opened up so any stage can be a cut point; side heads used
+    only in training (``backbone.extra_heads``) are left out. A network with a dropout of its own
+    just before the head (GoogLeNet's) keeps it; others get ``head_dropout`` there.
     The list shares modules with ``backbone.model``: training one trains the other.
     """
     model = backbone.model
-    if backbone.name == "googlenet":
+    if backbone.name == "torchvision_googlenet":
         layers = [("transform_input", _GoogLeNetInput(model))]
-        layers += [(name, getattr(model, name)) for name in GOOGLENET_LAYERS]
+        layers += [(name, getattr(model, name)) for name in TORCHVISION_GOOGLENET_LAYERS]
         return layers + [("flatten", nn.Flatten(1)), ("dropout", model.dropout), ("fc", model.fc)]
-    layers = []
+    layers: list[tuple[str, nn.Module]] = []
     for name, child in model.named_children():
-        if name == backbone.head:
+        if name in backbone.extra_heads:
+            continue
+        if name == backbone.head and not (layers and isinstance(layers[-1][1], nn.Dropout)):
             layers.append(("head_dropout", nn.Dropout(head_dropout)))
         if isinstance(child, nn.Sequential) and any(s.startswith(f"{name}.") for s in backbone.stages):
             layers += [(f"{name}.{i}", block) for i, block in enumerate(child)]

@@ -75,10 +75,10 @@ def _load(path: Path, model: ExportedModel) -> tuple[torch.Tensor | None, str]:
 
 
 def _gradcam_png(model: ExportedModel, x: torch.Tensor, target: int, out: Path) -> None:
-    from .explain import grad_cam, last_conv_layer, overlay_heatmap
+    from .explain import grad_cam, last_stage, overlay_heatmap
     from .preprocess import tensor_to_image
 
-    cam, _ = grad_cam(model.network, last_conv_layer(model.network), x.unsqueeze(0), target)
+    cam, _ = grad_cam(model.network, last_stage(model.network), x.unsqueeze(0), target)
     view = tensor_to_image(x, model.meta["preprocessing"]["backbone_transform"])
     overlay_heatmap(view, cam).save(out)
 

