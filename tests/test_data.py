@@ -48,8 +48,9 @@ def test_fashion_catalogue_has_seven_tag_fields():
 
 def test_embedded_data_stays_small():
     total = sum(p.stat().st_size for p in tld.embedded_data_dir().rglob("*") if p.is_file())
-    # 65 MB since the whole official clothing train split is embedded (+16 MB, 2026-11-30); a clone stays small
-    assert total <= 70e6
+    # 65 MB of datasets since the whole official clothing train split is embedded, + 28.8 MB of GoogLeNet's weights
+    # (data/weights/); the limit for everything under data/ is 140 MB, so that a clone stays small
+    assert total <= 140e6
 
 
 def _copy_embedded(tmp_path: Path, prefix: str) -> Path:

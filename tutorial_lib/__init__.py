@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["baselines", "checkpoint", "data", "distributed", "env", "explain", "export", "frozen", "grades", "handcrafted", "inference", "loop", "metrics", "models", "plots", "preprocess", "profiles", "report", "tagging", "train"]
+__all__ = ["baselines", "checkpoint", "data", "distributed", "env", "explain", "export", "frozen", "googlenet", "grades", "handcrafted", "inference", "loop", "metrics", "models", "plots", "preprocess", "profiles", "report", "tagging", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from ._io import fingerprint
 from .checkpoint import RunCheckpoint, run_key
-from .env import autocast, make_generator, resolve_precision, seed_everything
+from .env import autocast, make_generator, native_bfloat16, resolve_precision, seed_everything
 from .frozen import split_model
 from .loop import fit, optimizer_and_schedule
 from .models import Backbone
@@ -274,7 +274,13 @@ class CNNLSTMTagger(nn.Module):
               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Logits for the next token after each of ``tokens`` ``(batch, T)``: ``(batch, T, vocab)`` and the new state."""
         context = context.unsqueeze(1).expand(-1, tokens.shape[1], -1)  # (batch, T, embed)
-        h, state = self.lstm(torch.cat([self.embed(tokens), context], dim=2), state)  # h: (batch, T, hidden)
+        x = torch.cat([self.embed(tokens), context], dim=2)  # (batch, T, 2 * embed)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not native_bfloat16(x.device):
+            # oneDNN has no bfloat16 LSTM on CPUs without native bfloat16: that one layer runs in float32
+            with torch.autocast("cpu", enabled=False):
+                h, state = self.lstm(x.float(), tuple(s.float() for s in state))  # h: (batch, T, hidden)
+        else:
+            h, state = self.lstm(x, state)  # h: (batch, T, hidden)
         if self.deep_output:  # the output layer sees the image too, not only through the LSTM's state
             h = torch.cat([h, context], dim=2)  # (batch, T, hidden + embed)
         return self.out(self.dropout(h)), state  # (batch, T, vocab)

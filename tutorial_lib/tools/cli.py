@@ -320,8 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     fetch = sub.add_parser("fetch", help="download a registered dataset into the cache, with checksums")
     fetch.add_argument("name")
     fetch.set_defaults(func=_cmd_fetch)
-    sub.add_parser("weights", help="download GoogLeNet's ImageNet weights into the torch cache").set_defaults(
-        func=_cmd_weights)
+    weights_help = ("download torchvision's batch-norm GoogLeNet weights (BACKBONE torchvision_googlenet) into the "
+                    "torch cache; Google's GoogLeNet, the default, ships with the project")
+    sub.add_parser("weights", help=weights_help).set_defaults(func=_cmd_weights)
 
     args = parser.parse_args(argv)
     try:
