@@ -108,11 +108,13 @@ def _bench_dict(ratio_lower_bound: bool, ratio: float, demo_total: float | None)
 
 
 def test_markdown_says_what_is_met_and_what_a_lower_bound_cannot_show():
-    md = bench_report.markdown_table(_bench_dict(False, 12.0, 500.0))
-    assert "| ≥ 10× | 12.0× (720 s / 60 s) | yes |" in md
+    md = bench_report.markdown_table(_bench_dict(False, 16.0, 500.0))
+    assert "| ≥ 15× | 16.0× (960 s / 60 s) | yes |" in md
     assert "| ≥ 50% | 60% (60.0 of 100.0 img/s) | yes |" in md
     assert "| ≤ 600 s | 500 s | yes |" in md and "| ≤ 2048 MB | — | — |" in md
     md = bench_report.markdown_table(_bench_dict(True, 0.0, None))  # recipe out of budget at 600 s: ratio >= 10
-    assert "| ≥ 10× | ≥ 10.0× (≥ 600 s / 60 s) | yes |" in md
+    assert "| ≥ 15× | ≥ 10.0× (≥ 600 s / 60 s) | not shown (lower bound below target) |" in md
+    md = bench_report.markdown_table(_bench_dict(False, 12.0, 500.0))
+    assert "| ≥ 15× | 12.0× (720 s / 60 s) | no |" in md
     md = bench_report.markdown_table(_bench_dict(False, 4.0, 700.0))
     assert "| 4.0× (240 s / 60 s) | no |" in md and "| ≤ 600 s | 700 s | no |" in md

@@ -143,12 +143,12 @@ def test_interrupted_ddp_run_resumes_to_the_single_process_result(tmp_path, sing
 
 
 def test_cli_train_under_torchrun_with_a_real_backbone(tmp_path):
-    """`python -m tutorial_lib train` under torchrun: Lite0 end to end on a few embedded clothing photos."""
+    """`python -m tutorial_lib train` under torchrun: the default GoogLeNet end to end on a few embedded clothing photos."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     results = tmp_path / "results.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "tutorial_lib", "train", "--data", "clothing",
-           "--backbone", "efficientnet_lite0", "--epochs", "1", "--batch-size", "8", "--accumulate", "2",
+           "--backbone", "googlenet", "--epochs", "1", "--batch-size", "8", "--accumulate", "2",
            "--image-size", "32", "--max-images", "16", "--num-workers", "0", "--device", "cpu", "--quiet",
            "--checkpoint", str(tmp_path / "run.pt"), "--results", str(results)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -213,9 +213,17 @@ def test_finetune_top_on_cached_activations_then_save_predict_and_onnx(clothing,
     config = tl.train.TrainConfig(epochs=2, batch_size=8, seed=0, precision="float32")
     trunk = frozen.FrozenTrunk(backbone, "inception5a", tf, torch.device("cpu"), cache_dir=tmp_path / "cache",
                                precision="auto")
-    result = tl.train.finetune_top(trunk, splits, config, n_classes=len(classes), progress=False)
+    start = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    result = tl.train.finetune_top(trunk, splits, config, n_classes=len(classes), progress=False,
+                                   checkpoint=tmp_path / "top.pt")
     assert result.probs["test"].shape == (len(splits["test"]), len(classes))
     assert list((tmp_path / "cache").glob("*")), "trunk activations are cached on disk"
+    trained = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    backbone.model.load_state_dict(start)  # a fresh start resumes the finished run from its checkpoint
+    again = tl.train.finetune_top(trunk, splits, config, n_classes=len(classes), progress=False,
+                                  checkpoint=tmp_path / "top.pt")
+    np.testing.assert_allclose(again.probs["test"], result.probs["test"], atol=1e-6)
+    assert all(torch.equal(trained[k], v) for k, v in backbone.model.state_dict().items())
     folder = save_model(backbone, tmp_path / "model", classes=classes, image_size=96)
     loaded = load_model(folder)
     x = torch.stack([tf(splits["test"].image(i)) for i in range(3)])
@@ -226,6 +234,20 @@ def test_finetune_top_on_cached_activations_then_save_predict_and_onnx(clothing,
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     probabilities = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+
+def test_the_tagging_encoder_is_googlenets_top():
+    from tutorial_lib.tagging import TopEncoder
+
+    backbone = tlm.load_backbone("googlenet", pretrained=False)
+    trunk, _ = frozen.split_model(backbone, "inception5a")
+    with torch.no_grad():
+        acts = trunk(torch.randn(2, 3, 160, 160))  # (2, 832, 5, 5)
+        embedding = TopEncoder(backbone, "inception5a")(acts)
+        expected = backbone.model.eval().flatten(backbone.model.avgpool(
+            backbone.model.inception5b(backbone.model.inception5a(acts))))
+    assert embedding.shape == (2, 1024)
+    torch.testing.assert_close(embedding, expected)
 
 
 @pytest.mark.skipif(not (SHARED / "dump").is_dir(), reason="Google's HDF5 files (../shared/weights) are not here")
