@@ -265,3 +265,15 @@ def test_licence_and_attribution_travel_with_the_weights():
     readme = (WEIGHTS_DIR / "README.md").read_text()
     assert "Szegedy" in readme and "Apache" in readme and tlgn.WEIGHTS_SHA256 in readme
     assert "Apache License" in (WEIGHTS_DIR / "LICENSE").read_text()
+
+
+def test_the_fast_layers_compute_what_the_standard_ones_do():
+    """LRN as a banded 1x1 convolution equals nn.LocalResponseNorm; pooling without a padded copy equals timm's."""
+    from timm.layers.pool2d_same import MaxPool2dSame
+
+    x = torch.randn(2, 64, 9, 10, generator=torch.Generator().manual_seed(0)) * 5
+    standard = torch.nn.LocalResponseNorm(11, alpha=0.00109999999404, beta=0.5, k=2.0)
+    torch.testing.assert_close(tlgn.LocalResponseNorm(64)(x), standard(x), rtol=1e-5, atol=1e-6)
+    for height, width in ((112, 112), (14, 14), (4, 6), (2, 2), (7, 7), (13, 14)):
+        y = torch.randn(1, 3, height, width)
+        assert torch.equal(tlgn.MaxPool3x3Same()(y), MaxPool2dSame(3, 2)(y)), (height, width)

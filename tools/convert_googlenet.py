@@ -105,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"No {args.source / 'dump'}: point --source at the folder with Google's HDF5 files.", file=sys.stderr)
         return 2
     state = convert(args.source)
-    metadata = {"source": "Google's reference GoogLeNet (Szegedy et al., CVPR 2015), inception.torch HDF5 dump",
-                "classes": "1000 ImageNet classes in timm/torchvision order (Google's 1008-way rows mapped)"}
+    # one metadata entry: safetensors writes several in a random order, and the file's SHA-256 must not change
+    metadata = {"source": "Google's reference GoogLeNet (Szegedy et al., CVPR 2015) from the inception.torch HDF5 "
+                          "dump; classifier rows mapped to the 1,000 ImageNet classes in timm/torchvision order"}
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp) / "googlenet_inception_v1.safetensors"
         save_file(state, str(fresh), metadata=metadata)

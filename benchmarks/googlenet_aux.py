@@ -1,0 +1,62 @@
+"""Does fine-tuning GoogLeNet end to end gain from its auxiliary classifiers? (docs/experiments.md)
+
+The auxiliary classifiers of the paper sit after inception 4a and 4d and add 0.3 x their loss during training.
+Google's published weights have their 1x1 convolutions but not their 1024-unit linear layers, so with
+``aux_logits=True`` those layers start from fresh weights. This runs ``finetune_full`` on the clothing photos
+twice, from the same ImageNet weights and seed, with and without them, and prints the validation accuracy of
+each epoch (the choice is made on validation; the test split is not used).
+
+    python benchmarks/googlenet_aux.py [--train-images 600] [--epochs 3] [--image-size 128] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import tutorial_lib as tl
+from tutorial_lib import preprocess as pp
+
+
+def run(aux: bool, splits: dict, size: int, epochs: int, seed: int) -> dict:
+    tl.env.seed_everything(seed)
+    backbone = tl.models.load_backbone("googlenet", num_classes=10, aux_logits=aux)
+    pad = pp.ResizePad(size, pp.pad_colour(backbone.data_config))
+    eval_tf = pp.Compose((pad, tl.models.make_transform(backbone, input_size=(3, size, size), crop_pct=1.0)))
+    train_tf = pp.Compose((pad, tl.models.make_transform(backbone, train=True, input_size=(3, size, size))))
+    config = tl.train.TrainConfig(epochs=epochs, batch_size=32, lr_head=1e-3, lr_backbone=1e-4, weight_decay=1e-2,
+                                  warmup_epochs=0.5, precision="float32", seed=seed)
+    start = time.perf_counter()
+    result = tl.train.finetune_full(backbone, splits, train_tf, eval_tf, torch.device("cpu"), config, n_classes=10,
+                                    progress=False)
+    history = result.history
+    return {"aux_logits": aux, "seconds": round(time.perf_counter() - start, 1),
+            "val_accuracy_by_epoch": [round(float(v), 4) for v in history["val_accuracy"]],
+            "best_val_accuracy": round(float(history["val_accuracy"].max()), 4)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-images", type=int, default=600)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("outputs/googlenet_aux.json"))
+    args = parser.parse_args()
+    data = tl.data.load_dataset("clothing", seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    train = data.train.subset(np.sort(rng.choice(len(data.train), args.train_images, replace=False)))
+    splits = {"train": train, "val": data.val, "test": data.val.subset(np.arange(2))}  # test unused
+    rows = [run(aux, splits, args.image_size, args.epochs, args.seed) for aux in (False, True)]
+    for row in rows:
+        print(json.dumps(row))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)}, "runs": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
