@@ -201,22 +201,25 @@ def weights_path() -> Path:
     return embedded_data_dir() / "weights" / "googlenet-inception-v1" / WEIGHTS_FILE
 
 
+class WeightsFileError(OSError):
+    """The weights file is missing or is not the one this version expects; the message says how to restore it."""
+
+
 def load_weights(path: Path | None = None) -> dict[str, torch.Tensor]:
     """The ImageNet weights as a state dict, after checking the file's SHA-256; any other file is refused."""
     from safetensors.torch import load_file
 
     from ._io import file_sha256
-    from .models import WeightsUnavailableError
 
     path = Path(path or weights_path())
     fix = ("Fix: restore it from the repository (git checkout -- data/weights), or, with Google's HDF5 files "
            "at hand, run: python tools/convert_googlenet.py --source FOLDER")
     if not path.is_file():
-        raise WeightsUnavailableError(f"GoogLeNet's ImageNet weights are not at {path}.\n  {fix}")
+        raise WeightsFileError(f"GoogLeNet's ImageNet weights are not at {path}.\n  {fix}")
     digest = file_sha256(path)
     if digest != WEIGHTS_SHA256:
-        raise WeightsUnavailableError(f"{path} is not the file this version expects (SHA-256 {digest[:16]}..., "
-                                      f"expected {WEIGHTS_SHA256[:16]}...): damaged or replaced.\n  {fix}")
+        raise WeightsFileError(f"{path} is not the file this version expects (SHA-256 {digest[:16]}..., "
+                               f"expected {WEIGHTS_SHA256[:16]}...): damaged or replaced.\n  {fix}")
     return load_file(str(path))
 
 

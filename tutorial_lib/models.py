@@ -80,7 +80,10 @@ class Backbone:
 def _load_reference_googlenet(num_classes: int | None, pretrained: bool, aux_logits: bool) -> Backbone:
     from . import googlenet
 
-    model = googlenet.build_googlenet(num_classes, pretrained=pretrained, aux_logits=aux_logits)
+    try:
+        model = googlenet.build_googlenet(num_classes, pretrained=pretrained, aux_logits=aux_logits)
+    except googlenet.WeightsFileError as err:
+        raise WeightsUnavailableError(str(err)) from err
     weights = (f"Google's reference GoogLeNet, ImageNet-1k ({googlenet.WEIGHTS_FILE})" if pretrained
                else "random initialisation")
     return Backbone("googlenet", model, dict(googlenet.DATA_CONFIG), model.fc.in_features, list(googlenet.STAGES),
