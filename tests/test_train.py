@@ -310,7 +310,8 @@ def test_a_cut_before_the_first_stage_trains_everything(clothing):
     assert sum(p.numel() for p in top.parameters()) == sum(p.numel() for p in backbone.model.parameters())
 
 
-@pytest.mark.parametrize("network", ["efficientnet_lite0", "googlenet with auxiliary heads"])
+@pytest.mark.parametrize("network", ["efficientnet_lite0", "googlenet with auxiliary heads",
+                                     "torchvision googlenet with auxiliary heads"])
 def test_finetune_full_runs_with_the_full_profiles_settings(clothing, network, tmp_path):
     """The GPU profile's options on the CPU (mixed precision, channels-last, a capped epoch, a checkpoint, staged
     after finetune_top): the path a CUDA run takes, short of the device. GoogLeNet trains its auxiliary heads too."""
@@ -318,6 +319,8 @@ def test_finetune_full_runs_with_the_full_profiles_settings(clothing, network, t
 
     if network == "efficientnet_lite0":
         backbone = tlm.load_backbone("efficientnet_lite0", num_classes=10)
+    elif network == "googlenet with auxiliary heads":  # Google's reference network: no batch norm, LRN
+        backbone = tlm.load_backbone("googlenet", num_classes=10, aux_logits=True)
     else:
         from torchvision.models import googlenet
 
