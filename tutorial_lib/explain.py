@@ -44,14 +44,6 @@ def grad_cam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int | 
     return cam.cpu().numpy(), target
 
 
-def last_conv_layer(model: nn.Module) -> nn.Module:
-    """The last 2-D convolution registered in a network (for GoogLeNet one branch of its last block)."""
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError("The model has no Conv2d layer for Grad-CAM.")
-    return convs[-1]
-
-
 @torch.no_grad()
 def last_stage(model: nn.Module, input_size: int = 224) -> nn.Module:
     """The module whose output is the network's last feature map: the Grad-CAM layer.

@@ -5,7 +5,7 @@ This is the 2014 network with the ImageNet weights Google published beside the p
 torchvision's later re-implementation: no batch norm, local response normalisation after the first
 two convolution blocks, a bias on every convolution, true 5x5 convolutions, 204 channels in
 inception 4a's 3x3 branch, and a 1008-way classifier (index 0 and 1001-1007 never used) that
-:func:`load_reference_googlenet` maps onto the usual 1,000 ImageNet classes.
+``tools/convert_googlenet.py`` mapped onto the usual 1,000 ImageNet classes when it converted the weights.
 
 The weights ship with the project in ``data/weights/googlenet-inception-v1/`` (converted once by
 ``tools/convert_googlenet.py``; licence and attribution beside them) and are checked against
