@@ -134,7 +134,7 @@ def _check_decision(decision: str, thresholds: Any, n_classes: int) -> list[floa
     cuts = np.asarray(thresholds if thresholds is not None else [], dtype=float).ravel()
     if cuts.size != n_classes - 1 or np.any(np.diff(cuts) < 0) or not np.all(np.isfinite(cuts)):
         raise ValueError(f"decision='thresholds' needs {n_classes - 1} increasing cut points on the expected "
-                         f"grade (tl.train.ordinal_predictions returns them); got {cuts.tolist()}.")
+                         f"grade (tl.grades.ordinal_predictions returns them); got {cuts.tolist()}.")
     return cuts.tolist()
 
 

@@ -132,7 +132,7 @@ def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], *, title: str, 
 
 
 def training_curves(history: pd.DataFrame, *, title: str) -> plt.Figure:
-    """Loss and accuracy per epoch from a training history (:func:`tutorial_lib.train.fit`)."""
+    """Loss and accuracy per epoch from a training history (:func:`tutorial_lib.loop.fit`)."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.2))
     ax_loss.plot(history["epoch"], history["train_loss"], marker=".", label="train")
     ax_loss.set_xlabel("epoch")

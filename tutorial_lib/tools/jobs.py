@@ -3,7 +3,7 @@
 ``python -m tutorial_lib train ...`` calls :func:`train_job`, plainly or under ``torchrun``
 (see :mod:`tutorial_lib.distributed`). It loads the data (a prepared folder, a registry
 name or your own folder), the backbone and its preprocessing, runs one of the notebooks'
-strategies through :func:`tutorial_lib.train.fit`, and (rank 0) writes a results JSON.
+strategies through :func:`tutorial_lib.train.fit_classifier`, and (rank 0) writes a results JSON.
 """
 from __future__ import annotations
 
