@@ -250,6 +250,23 @@ def test_bfloat16_activations_stay_close_to_float32_and_are_cached_apart(lite0, 
         p.requires_grad_(True)
 
 
+def test_activations_are_computed_once_and_shared_in_memory(lite0, clothing, monkeypatch):
+    """A second call for the same images and view returns the same array (no second copy in memory, no second pass),
+    with or without a cache folder; another view or other images are computed afresh."""
+    from tutorial_lib.models import make_transform
+
+    passes = []
+    real = tlfr.compute_activations
+    monkeypatch.setattr(tlfr, "compute_activations", lambda *a, **k: passes.append(1) or real(*a, **k))
+    frozen = tlfr.FrozenTrunk(lite0, "conv_head", make_transform(lite0, input_size=(3, 64, 64)), torch.device("cpu"),
+                              batch_size=4, precision="float32")
+    split = clothing.test.subset(np.arange(4))
+    first = frozen.activations(split)
+    assert frozen.activations(split) is first and len(passes) == 1
+    assert frozen.activations(split, "hflip") is not first and len(passes) == 2
+    assert frozen.activations(clothing.test.subset(np.arange(1, 5))).shape == first.shape and len(passes) == 3
+
+
 @pytest.mark.parametrize("fixture,cut", [("lite0", "blocks.6"), ("tiny_googlenet", "inception4e")])
 def test_frozen_trunk_folds_batch_norms_without_touching_the_backbone(request, fixture, cut):
     backbone = request.getfixturevalue(fixture)

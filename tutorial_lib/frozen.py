@@ -105,12 +105,17 @@ def compute_activations(module: nn.Module, split: ImageSplit, transform: Callabl
     loader = DataLoader(ImageDataset(split, transform), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, worker_init_fn=seed_worker)
     precision = resolve_precision(precision, device)
-    outputs = []
+    outputs, start = None, 0  # filled batch by batch: no list of batches and no second copy from concatenating them
     for x, _ in tqdm(loader, desc=desc, leave=False):
         with autocast(device, precision):
-            y = module(x.to(device))
-        outputs.append(y.to(dtype).cpu())
-    return torch.cat(outputs).numpy()
+            y = module(x.to(device)).to(dtype).cpu()
+        if outputs is None:
+            outputs = torch.empty((len(split), *y.shape[1:]), dtype=dtype)
+        outputs[start:start + len(y)] = y
+        start += len(y)
+    if outputs is None:
+        raise ValueError("compute_activations got an empty split: there is nothing to run through the network.")
+    return outputs.numpy()
 
 
 def fold_batchnorm(module: nn.Module) -> nn.Module:
@@ -180,19 +185,28 @@ class FrozenTrunk:
         # the pretrained top without dropout and head: activations -> pooled features
         self._pool = nn.Sequential(*[m for m in list(top)[:-1] if not isinstance(m, nn.Dropout)])
         self._pool_state = {k: v.detach().clone() for k, v in self._pool.state_dict().items()}
+        # every array computed or read once stays in memory: a second call (finetune_top after the notebook's own)
+        # returns the same array instead of a second copy of the training set's activations
+        self._in_memory: dict[str, np.ndarray] = {}
 
     def activations(self, split: ImageSplit, view: str = "identity") -> np.ndarray:
-        """Trunk outputs for every image of ``split`` seen in ``view`` (float16, cached on disk)."""
+        """Trunk outputs for every image of ``split`` seen in ``view`` (float16, cached on disk and in memory).
+
+        The same split and view give the same array object: treat it as read-only."""
         from torchvision import transforms
 
         pipeline = self.transform if view == "identity" else transforms.Compose([View(view), self.transform])
         key = {"backbone": self.backbone.name, "weights": self.backbone.weights, "cut": self.cut,
                "transform": repr(self.transform), "view": view, "data": fingerprint(split.images, split.labels),
                "precision": self.precision}
-        return cached_array(cache_file(self.cache_dir, key) if self.cache_dir else None, lambda: compute_activations(
-            self.trunk, split, pipeline, self.device, batch_size=self.batch_size, num_workers=self.num_workers,
-            desc=f"{self.backbone.name} up to {self.cut} ({view}, {self.precision})", dtype=torch.float16,
-            precision=self.precision))
+        name = cache_file(".", key).stem
+        if name not in self._in_memory:
+            self._in_memory[name] = cached_array(
+                cache_file(self.cache_dir, key) if self.cache_dir else None, lambda: compute_activations(
+                    self.trunk, split, pipeline, self.device, batch_size=self.batch_size,
+                    num_workers=self.num_workers, desc=f"{self.backbone.name} up to {self.cut} ({view}, "
+                    f"{self.precision})", dtype=torch.float16, precision=self.precision))
+        return self._in_memory[name]
 
     @torch.no_grad()
     def pooled(self, activations: np.ndarray, batch_size: int = 256) -> np.ndarray:
