@@ -199,14 +199,13 @@ class FrozenTrunk:
         key = {"backbone": self.backbone.name, "weights": self.backbone.weights, "cut": self.cut,
                "transform": repr(self.transform), "view": view, "data": fingerprint(split.images, split.labels),
                "precision": self.precision}
-        name = cache_file(".", key).stem
-        if name not in self._in_memory:
-            self._in_memory[name] = cached_array(
-                cache_file(self.cache_dir, key) if self.cache_dir else None, lambda: compute_activations(
-                    self.trunk, split, pipeline, self.device, batch_size=self.batch_size,
-                    num_workers=self.num_workers, desc=f"{self.backbone.name} up to {self.cut} ({view}, "
-                    f"{self.precision})", dtype=torch.float16, precision=self.precision))
-        return self._in_memory[name]
+        path = cache_file(self.cache_dir or ".", key)  # its name is the key's hash, also the in-memory key
+        if path.stem not in self._in_memory:
+            self._in_memory[path.stem] = cached_array(path if self.cache_dir else None, lambda: compute_activations(
+                self.trunk, split, pipeline, self.device, batch_size=self.batch_size, num_workers=self.num_workers,
+                desc=f"{self.backbone.name} up to {self.cut} ({view}, {self.precision})", dtype=torch.float16,
+                precision=self.precision))
+        return self._in_memory[path.stem]
 
     @torch.no_grad()
     def pooled(self, activations: np.ndarray, batch_size: int = 256) -> np.ndarray:
