@@ -38,12 +38,18 @@ def test_notebook_runs_with_papermill(notebook, tmp_path):
         parameters["CACHE_DIR"] = str(tmp_path / "cache")
     tlrun.run_notebooks([notebook], output_dir=tmp_path, parameters=parameters, results=results,
                         echo=lambda *_: None)
-    executed = nbformat.read(tmp_path / notebook.name, as_version=4)
+    assert_ran_cleanly(notebook, tmp_path / notebook.name, results, tmp_path / "figures")
+
+
+def assert_ran_cleanly(notebook, executed_path, results, figures_dir):
+    """The executed notebook holds no error output, saved a figure and had its run time recorded."""
+    executed = nbformat.read(executed_path, as_version=4)
     errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
+    assert list(figures_dir.glob("*.png")), "the notebook saved no figure"
     assert json.loads(results.read_text())["runtime"][notebook.stem]["seconds"] > 0
-    assert list((tmp_path / "figures").glob("*.png"))
+    return executed
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -80,10 +86,7 @@ def _run_on_own_photos(name, tmp_path, data_dir, **parameters):
                   "FIGURES_DIR": str(tmp_path / "figures"), **parameters}
     tlrun.run_notebooks([notebook], output_dir=tmp_path / "run", parameters=parameters, results=results,
                         echo=lambda *_: None)
-    executed = nbformat.read(tmp_path / "run" / notebook.name, as_version=4)
-    assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert list((tmp_path / "figures").glob("*.png")), "the notebook saved no figure"
-    assert json.loads(results.read_text())["runtime"][notebook.stem]["seconds"] > 0
+    executed = assert_ran_cleanly(notebook, tmp_path / "run" / notebook.name, results, tmp_path / "figures")
     text = "\n".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
     return json.loads(results.read_text()), text
 
